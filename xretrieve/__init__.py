@@ -1,0 +1,1 @@
+"""xretrieve: cross-modal retrieval over a media folder."""
