@@ -1,0 +1,16 @@
+"""Array aliases shared across the package."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+#: float32 matrix of shape (n, d); rows are L2-normalised embeddings unless stated otherwise.
+Vectors = npt.NDArray[np.float32]
+#: int64 vector of row ids.
+Ids = npt.NDArray[np.int64]
+
+Modality = Literal["image", "text", "audio"]
+MODALITIES: tuple[Modality, ...] = ("image", "text", "audio")
