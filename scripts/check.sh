@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Format check, lint and type check: the same script for developers and CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+.venv/bin/ruff format --check xretrieve tests scripts
+.venv/bin/ruff check xretrieve tests scripts
+.venv/bin/mypy xretrieve

@@ -1,0 +1,76 @@
+"""Shared fixtures: a tiny deterministic world and a random-initialised tiny encoder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xretrieve.encoders import Encoder, load_encoder
+from xretrieve.indexer import IndexOptions, index_folder
+from xretrieve.world import make_world
+
+TINY = "xr-tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder() -> Encoder:
+    """A random-initialised (seeded) tiny open_clip model: fast, deterministic, meaningless."""
+    return load_encoder(TINY, pretrained=None, device="cpu", batch_size=16)
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small generated world (images + caption sidecars + labels), built once per run."""
+    root = tmp_path_factory.mktemp("world") / "w"
+    make_world(root, n=40, seed=7, image_size=32)
+    return root
+
+
+@pytest.fixture()
+def media_dir(world_dir: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of the test split of the world."""
+    dst = tmp_path / "media"
+    shutil.copytree(world_dir / "test", dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def built_index(
+    world_dir: Path, tiny_encoder: Encoder, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The world's test split indexed with the tiny encoder (read-only for tests)."""
+    out = tmp_path_factory.mktemp("idx") / "index"
+    index_folder(
+        world_dir / "test", out, encoder=tiny_encoder, options=IndexOptions(progress=False)
+    )
+    return out
+
+
+def run_cli(
+    *args: str | os.PathLike[str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `xretrieve` command as a subprocess."""
+    exe = Path(sys.executable).with_name("xretrieve")
+    cmd = [
+        str(exe) if exe.exists() else sys.executable,
+        *([] if exe.exists() else ["-m", "xretrieve.cli"]),
+    ]
+    return subprocess.run(
+        [*cmd, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"},
+    )
+
+
+@pytest.fixture(scope="session")
+def cli():  # type: ignore[no-untyped-def]
+    """The `run_cli` function, as a fixture."""
+    return run_cli
