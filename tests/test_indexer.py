@@ -74,6 +74,7 @@ def test_rerun_reuses_and_tracks_changes(
 
     again = index_folder(media_dir, idx, encoder=tiny_encoder, options=OPTS)
     assert calls == [] and again.unchanged == first.images + first.texts
+    assert again.generation == first.generation  # nothing changed, nothing rewritten
 
     pngs = sorted(media_dir.glob("*.png"))
     pngs[0].rename(media_dir / "renamed.png")  # same bytes, new path: vector reused

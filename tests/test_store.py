@@ -138,7 +138,7 @@ def test_truncated_or_altered_shard_file(tmp_path: Path, which: str) -> None:
 
 
 def test_second_writer_is_refused(tmp_path: Path) -> None:
-    with store.lock_index(tmp_path), pytest.raises(IndexLockedError, match="another process"):
+    with store.lock_index(tmp_path), pytest.raises(IndexLockedError, match="another process"):  # noqa: SIM117
         with store.lock_index(tmp_path):
             pass
     with store.lock_index(tmp_path):  # released again

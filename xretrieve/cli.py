@@ -149,36 +149,17 @@ def index_cmd(
         _print_json(report.to_dict())
         return
     t = Table(
-        title=f"indexed {folder} -> {index} (generation {report.generation})", title_justify="left"
+        title=f"{folder} -> {index} (generation {report.generation})",
+        title_justify="left",
+        show_header=False,
     )
-    for col in (
-        "images",
-        "texts",
-        "indexed",
-        "reused",
-        "unchanged",
-        "removed",
-        "failed",
-        "seconds",
-        "items/s",
-    ):
-        t.add_column(col, justify="right")
-    t.add_row(
-        *map(
-            str,
-            (
-                report.images,
-                report.texts,
-                report.indexed,
-                report.reused,
-                report.unchanged,
-                report.removed,
-                report.failed,
-            ),
-        ),
-        f"{report.seconds:.1f}",
-        f"{report.items_per_s:.1f}",
-    )
+    t.add_column("what")
+    t.add_column("count", justify="right")
+    d = report.to_dict()
+    for key in ("images", "texts", "indexed", "reused", "unchanged", "removed", "failed"):
+        t.add_row(key, str(d[key]))
+    t.add_row("seconds", f"{report.seconds:.1f}")
+    t.add_row("items/s", f"{report.items_per_s:.1f}")
     out.print(t)
     for p in report.problems:
         err.print(f"[yellow]skipped[/] {p.path}: {p.reason}", highlight=False)
@@ -286,17 +267,19 @@ def info_cmd(
         f"vectors  {m.dim} dims, {m.metric}, {m.rows} rows {m.rows_by_modality()}", highlight=False
     )
     t = Table(title="shards", title_justify="left")
-    for col in ("name", "modality", "rows", "index type", "search params", "recall@10", "bytes"):
+    for col in ("name", "modality", "rows", "index type", "params", "recall@10", "bytes"):
         t.add_column(col)
     for s in m.shards:
-        params = {k: v for k, v in s.ann.items() if k not in ("recall_at_10",)}
+        params = " ".join(
+            f"{k}={s.ann[k]}" for k in ("nprobe", "ef_search", "oversample") if s.ann.get(k, 0) > 1
+        )
         t.add_row(
             s.name,
             s.modality,
             str(s.rows),
             s.index_type,
-            json.dumps(params) if params else "-",
-            f"{s.ann['recall_at_10']:.3f}" if "recall_at_10" in s.ann else "-",
+            params or "-",
+            f"{s.ann['recall']:.3f}" if "recall" in s.ann else "-",
             str(s.index_file.bytes + s.meta_file.bytes),
         )
     out.print(t)

@@ -375,6 +375,15 @@ def index_folder(
                 if report.problems
                 else f"nothing could be indexed in {scan.root}"
             )
+        if (
+            previous is not None
+            and report.unchanged == len(img_rows) + len(txt_rows)
+            and not report.removed
+        ):
+            # Nothing changed: keep the current generation rather than rewrite identical shards.
+            report.generation = previous.generation
+            report.seconds = time.perf_counter() - started
+            return report
         dim = encoder.dim
         payloads = [
             store.ShardPayload("image", _stack(img_vecs, dim), _table(img_rows)),
@@ -391,7 +400,6 @@ def index_folder(
             max_rows_per_shard=opts.max_rows_per_shard,
             index_type=opts.index_type,
         )
-        del previous
     report.generation = manifest.generation
     report.seconds = time.perf_counter() - started
     return report
