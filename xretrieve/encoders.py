@@ -305,7 +305,7 @@ def load_encoder(
         image_size=_as_int_size(cfg["vision_cfg"].get("image_size", 224)),
         context_length=int(cfg.get("text_cfg", {}).get("context_length", 77)),
     )
-    return Encoder(net, preprocess, tokenizer, spec, device=dev, batch_size=batch_size)  # type: ignore[arg-type]
+    return Encoder(net, preprocess, tokenizer, spec, device=dev, batch_size=batch_size)
 
 
 def _as_int_size(size: int | Sequence[int]) -> int:

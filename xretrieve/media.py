@@ -138,8 +138,13 @@ def to_rgb(im: Image.Image) -> Image.Image:
         im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit greyscale: scale the used range down to 8 bits instead of clipping.
-        lo, hi = im.getextrema()  # type: ignore[misc]
-        scale = 255.0 / max(1, int(hi) - int(lo))
+        extrema = im.getextrema()
+        lo, hi = (
+            (float(extrema[0]), float(extrema[1]))
+            if isinstance(extrema[0], (int, float))
+            else (0.0, 65535.0)
+        )
+        scale = 255.0 / max(1.0, hi - lo)
         im = im.point(lambda v: (v - lo) * scale).convert("L")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = im.convert("RGBA")

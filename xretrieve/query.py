@@ -192,7 +192,7 @@ class Index:
             image, query = query, None
         if image is not None:
             return self.search_vector(self.embed_image(image), k=k, modality=modality)
-        if query is None:
+        if not isinstance(query, str):
             raise EmptyQueryError("the query is empty: give some words or an image")
         return self.search_vector(self.embed_text(query), k=k, modality=modality)
 

@@ -363,9 +363,13 @@ def write_generation(
         updated_at=now,
         stats=dict(stats or {}),
     )
-    atomic_write(d / MANIFEST, lambda tmp: tmp.write_text(manifest.to_json(), encoding="utf-8"))
+    atomic_write(d / MANIFEST, lambda tmp: _write_text(tmp, manifest.to_json()))
     _collect_garbage(shard_dir, manifest)
     return manifest
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
 
 
 def _slice_payload(p: ShardPayload, start: int, stop: int) -> ShardPayload:
