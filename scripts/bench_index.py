@@ -1,0 +1,142 @@
+"""Indexing throughput against the encoder's own speed, measured side by side in one run.
+
+    .venv/bin/python scripts/bench_index.py                       # 64 photo-like 1 MP JPEGs
+    .venv/bin/python scripts/bench_index.py --kind 12mp --images 32
+    .venv/bin/python scripts/bench_index.py --model runs/demo/model --pretrained none
+
+Prints: raw encoder forward img/s on already preprocessed pixels; decode ms/image with and
+without JPEG draft mode (one thread); the pipeline ceiling = cores / (decode core-s/img +
+encoder core-s/img); end-to-end `xretrieve` indexing img/s on the same files; and the ratios
+achieved/raw-encoder and achieved/ceiling. Weights do not change speed, so the default is
+ViT-B-32 with random weights (no download needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from xretrieve.encoders import load_encoder
+from xretrieve.indexer import IndexOptions, index_folder
+from xretrieve.media import decode_image
+
+SIZES = {"small": (1024, 768), "12mp": (4000, 3000)}
+
+
+def make_photos(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> None:
+    """Photo-like JPEGs: smooth gradients, blobs and sensor noise (compress like real photos)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    for i in range(n):
+        base = rng.uniform(40, 200, 3)
+        grad = rng.uniform(-60, 60, (2, 3))
+        img = base + (xx[..., None] / w) * grad[0] + (yy[..., None] / h) * grad[1]
+        for _ in range(6):
+            cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.05, 0.3) * min(w, h)
+            mask = ((xx - cx) ** 2 + (yy - cy) ** 2) < r * r
+            img[mask] = rng.uniform(0, 255, 3)
+        img += rng.normal(0, 6, img.shape[:2])[..., None]
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
+            folder / f"photo_{i:05d}.jpg", quality=90
+        )
+
+
+def decode_ms(files: list[Path], *, target: int, draft: bool) -> float:
+    """Mean single-thread ms to read + decode + reduce one file (draft mode on or off)."""
+    t0 = time.perf_counter()
+    for f in files:
+        data = f.read_bytes()
+        if draft:
+            decode_image(data, path=f, target_size=target)
+        else:
+            with Image.open(io.BytesIO(data)) as im:
+                im.convert("RGB").resize((target, target), Image.Resampling.BICUBIC)
+    return 1000 * (time.perf_counter() - t0) / len(files)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--kind", choices=sorted(SIZES), default="small")
+    ap.add_argument("--model", default="ViT-B-32")
+    ap.add_argument("--pretrained", default="none")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--keep", type=Path, default=None, help="reuse/keep the generated folder here")
+    args = ap.parse_args()
+
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(cores)
+    enc = load_encoder(
+        args.model, pretrained=args.pretrained, device="cpu", batch_size=args.batch_size
+    )
+    target = enc.spec.image_size
+
+    work = Path(tempfile.mkdtemp(prefix="xr-bench-"))
+    folder = args.keep or work / "photos"
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(list(folder.glob("*.jpg"))) < args.images:
+        print(f"generating {args.images} {args.kind} JPEGs {SIZES[args.kind]} ...", flush=True)
+        make_photos(folder, args.images, SIZES[args.kind])
+    files = sorted(folder.glob("*.jpg"))[: args.images]
+
+    sample = files[: min(16, len(files))]
+    dec_draft = decode_ms(sample, target=target, draft=True)
+    dec_plain = decode_ms(sample, target=target, draft=False)
+
+    pixels = torch.stack(
+        [enc.preprocess(decode_image(f.read_bytes(), target_size=target).image) for f in files]
+    )
+    enc.encode_pixels(pixels[: args.batch_size])  # warm-up
+    t0 = time.perf_counter()
+    enc.encode_pixels(pixels)
+    raw = len(files) / (time.perf_counter() - t0)
+
+    idx = work / "index"
+    t0 = time.perf_counter()
+    report = index_folder(
+        folder,
+        idx,
+        encoder=enc,
+        options=IndexOptions(batch_size=args.batch_size, progress=False, full=True),
+    )
+    e2e = report.images / (time.perf_counter() - t0)
+    if report.failed:
+        print(f"warning: {report.failed} files failed: {report.problems[:3]}")
+
+    encoder_core_s = cores / raw  # torch keeps every core busy during a forward pass
+    ceiling = cores / (dec_draft / 1000 + encoder_core_s)
+    print(
+        f"model                      {enc.spec.name} ({target}px), batch {args.batch_size}, {cores} cores"
+    )
+    print(f"images                     {len(files)} x {args.kind} {SIZES[args.kind]}")
+    print(f"decode ms/img (draft)      {dec_draft:8.1f}")
+    print(
+        f"decode ms/img (plain)      {dec_plain:8.1f}   draft speed-up {dec_plain / dec_draft:.1f}x"
+    )
+    print(f"raw encoder img/s          {raw:8.2f}   ({1000 * encoder_core_s:.0f} core-ms/img)")
+    print(
+        f"pipeline ceiling img/s     {ceiling:8.2f}   = cores / (decode + encoder core-s per image)"
+    )
+    print(f"end-to-end index img/s     {e2e:8.2f}")
+    print(f"ratio e2e / raw encoder    {e2e / raw:8.2f}")
+    print(f"ratio e2e / ceiling        {e2e / ceiling:8.2f}")
+    if args.keep is None:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        shutil.rmtree(idx, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
