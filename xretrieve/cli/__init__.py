@@ -1,0 +1,24 @@
+"""The `xretrieve` command line: the only place errors become messages and exit codes.
+
+One module per stage, each registering its commands on the shared typer app:
+`models` (make-world, train, eval, models), `indexing` (index, info), `searching`
+(search, caption).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from xretrieve.cli._app import app, quiet_libraries
+
+__all__ = ["app", "main"]
+
+# Importing a module registers its commands; this order is the order `--help` lists.
+for _name in ("models", "indexing", "searching"):
+    importlib.import_module(f"xretrieve.cli.{_name}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    quiet_libraries()
+    app()

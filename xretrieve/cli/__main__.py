@@ -1,0 +1,3 @@
+from xretrieve.cli import main
+
+main()

@@ -1,0 +1,96 @@
+"""Shared pieces of the CLI: the typer app, consoles, common options, error mapping."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from xretrieve.errors import XRetrieveError
+
+app = typer.Typer(
+    name="xretrieve",
+    help="Cross-modal retrieval over a media folder: index it, then search it in words or pictures.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+DEFAULT_INDEX = Path("indexes/default")
+
+IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="Index folder.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model: an open_clip architecture (ViT-B-32) or a model folder (from `xretrieve train`). "
+        "Search defaults to the model recorded in the index.",
+    ),
+]
+PretrainedOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pretrained",
+        help="Weights for an architecture: an open_clip tag (laion2b_s34b_b79k, needs network once) "
+        "or a local checkpoint file; 'none' for random init.",
+    ),
+]
+ModelConfigOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--model-config", help="Register an open_clip model config JSON (repeatable)."),
+]
+
+
+def quiet_libraries() -> None:
+    # open_clip and huggingface_hub log warnings for expected situations (random init, offline).
+    logging.getLogger().setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def fail(e: XRetrieveError) -> NoReturn:
+    err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+    raise typer.Exit(code=e.exit_code)
+
+
+def register(configs: list[Path] | None) -> None:
+    from xretrieve.encoders import register_model_config
+
+    for c in configs or []:
+        register_model_config(c)
+
+
+def make_encoder(model: str | None, pretrained: str | None, device: str) -> Any:
+    from xretrieve.encoders import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_encoder
+
+    if model is None:
+        model, pretrained = DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED
+    return load_encoder(model, pretrained=pretrained, device=device)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str, ensure_ascii=False) + "\n")
+
+
+def hits_table(hits: Any, title: str) -> Table:
+    t = Table(title=title, title_justify="left")
+    t.add_column("#", justify="right")
+    t.add_column("score", justify="right")
+    t.add_column("modality")
+    t.add_column("path", overflow="fold")
+    t.add_column("caption", overflow="fold")
+    for h in hits:
+        t.add_row(str(h.rank), f"{h.score:.4f}", h.modality, h.path, h.caption or "")
+    return t

@@ -1,0 +1,146 @@
+"""CLI: build an index from a folder, and describe one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from xretrieve.cli._app import (
+    DEFAULT_INDEX,
+    DeviceOpt,
+    IndexOpt,
+    JsonOpt,
+    ModelConfigOpt,
+    ModelOpt,
+    PretrainedOpt,
+    app,
+    err,
+    fail,
+    make_encoder,
+    out,
+    print_json,
+    register,
+)
+from xretrieve.errors import XRetrieveError
+
+
+@app.command("index")
+def index_cmd(
+    folder: Annotated[Path, typer.Argument(help="Media folder to index (walked recursively).")],
+    index: IndexOpt = DEFAULT_INDEX,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    model_config: ModelConfigOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per encoder batch.")] = 32,
+    workers: Annotated[int | None, typer.Option(help="Decode threads (default: cores).")] = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="Rebuild: re-read and re-encode everything.")
+    ] = False,
+    index_type: Annotated[
+        str | None,
+        typer.Option(
+            help="FAISS index type override (flat, hnsw, ivf-sq8, ivf-pq, or a FAISS factory string)."
+        ),
+    ] = None,
+    max_rows: Annotated[int, typer.Option(help="Maximum rows per shard.")] = 1_000_000,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Index the images and caption sidecars (.txt, one caption a line) of FOLDER."""
+    from xretrieve.indexer import IndexOptions, index_folder
+
+    try:
+        register(model_config)
+        if model is None and not full and (index / "manifest.json").is_file():
+            from xretrieve.store import read_manifest
+
+            built = read_manifest(index).model
+            model, pretrained = built["name"], built.get("pretrained")
+        enc = make_encoder(model, pretrained, device)
+        opts = IndexOptions(
+            batch_size=batch_size,
+            workers=workers,
+            max_rows_per_shard=max_rows,
+            index_type=index_type,
+            full=full,
+            progress=not quiet,
+        )
+        report = index_folder(folder, index, encoder=enc, options=opts)
+    except XRetrieveError as e:
+        fail(e)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    t = Table(
+        title=f"{folder} -> {index} (generation {report.generation})",
+        title_justify="left",
+        show_header=False,
+    )
+    t.add_column("what")
+    t.add_column("count", justify="right")
+    d = report.to_dict()
+    for key in ("images", "texts", "indexed", "reused", "unchanged", "removed", "failed"):
+        t.add_row(key, str(d[key]))
+    t.add_row("seconds", f"{report.seconds:.1f}")
+    t.add_row("items/s", f"{report.items_per_s:.1f}")
+    out.print(t)
+    for p in report.problems:
+        err.print(f"[yellow]skipped[/] {p.path}: {p.reason}", highlight=False)
+
+
+@app.command("info")
+def info_cmd(
+    index: Annotated[Path, typer.Argument(help="Index folder.")] = DEFAULT_INDEX,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check every shard file's checksum.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Describe an index: model, generation, rows, shards."""
+    from xretrieve import store
+
+    try:
+        m = store.read_manifest(index)
+        if verify:
+            for s in m.shards:
+                store.load_shard(index, s, verify=True)
+    except XRetrieveError as e:
+        fail(e)
+    if as_json:
+        print_json({"path": str(index), **json.loads(m.to_json())})
+        return
+    out.print(
+        f"[bold]{index}[/]  generation {m.generation}, format v{m.format_version}", highlight=False
+    )
+    out.print(f"root     {m.root}", highlight=False)
+    out.print(
+        f"model    {m.model['name']}  pretrained={m.model.get('pretrained')}  fingerprint={m.model['fingerprint']}",
+        highlight=False,
+    )
+    out.print(
+        f"vectors  {m.dim} dims, {m.metric}, {m.rows} rows {m.rows_by_modality()}", highlight=False
+    )
+    t = Table(title="shards", title_justify="left")
+    for col in ("name", "modality", "rows", "index type", "params", "recall@10", "bytes"):
+        t.add_column(col)
+    for s in m.shards:
+        params = " ".join(
+            f"{k}={s.ann[k]}" for k in ("nprobe", "ef_search", "oversample") if s.ann.get(k, 0) > 1
+        )
+        t.add_row(
+            s.name,
+            s.modality,
+            str(s.rows),
+            s.index_type,
+            params or "-",
+            f"{s.ann['recall']:.3f}" if "recall" in s.ann else "-",
+            str(s.index_file.bytes + s.meta_file.bytes),
+        )
+    out.print(t)
+    if verify:
+        out.print("checksums: all shard files match the manifest")

@@ -1,0 +1,142 @@
+"""CLI: the world, training, evaluation and the model list."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from xretrieve.cli._app import (
+    DeviceOpt,
+    JsonOpt,
+    ModelConfigOpt,
+    PretrainedOpt,
+    app,
+    fail,
+    out,
+    print_json,
+    register,
+)
+from xretrieve.errors import XRetrieveError
+
+
+@app.command("make-world")
+def make_world_cmd(
+    out_dir: Annotated[Path, typer.Argument(help="New folder to write the world into.")],
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same bytes.")] = 0,
+    image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
+    test_fraction: Annotated[float, typer.Option(help="Share of images held out for test/.")] = 0.2,
+    workers: Annotated[int, typer.Option(help="Processes used to draw.")] = os.cpu_count() or 1,
+) -> None:
+    """Generate a deterministic world of captioned shape scenes (train/ and test/ splits)."""
+    from xretrieve.world import make_world
+
+    try:
+        info = make_world(
+            out_dir,
+            n=n,
+            seed=seed,
+            image_size=image_size,
+            test_fraction=test_fraction,
+            workers=workers,
+        )
+    except XRetrieveError as e:
+        fail(e)
+    out.print(
+        f"wrote {info.n} scenes to {out_dir}: {info.n_train} train, {info.n_test} test "
+        f"({image_size}x{image_size}, seed {seed})",
+        highlight=False,
+    )
+
+
+@app.command("train")
+def train_cmd(
+    data_dir: Annotated[Path, typer.Argument(help="Folder of images with .txt caption sidecars.")],
+    out_dir: Annotated[
+        Path, typer.Argument(help="Model folder to write (open_clip local-dir format).")
+    ],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Architecture config to train.")
+    ] = None,
+    model_config: ModelConfigOpt = None,
+    max_seconds: Annotated[
+        float | None, typer.Option(help="Wall-clock budget; the LR schedule spans it.")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Image-caption pairs per step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a small CLIP from scratch (contrastive loss) on captioned images."""
+    import dataclasses
+
+    from xretrieve.train import TrainConfig, train
+
+    try:
+        register(model_config)
+        overrides: dict[str, Any] = {"seed": seed}
+        for key, value in (
+            ("model", model),
+            ("batch_size", batch_size),
+            ("lr", lr),
+            ("max_steps", max_steps),
+        ):
+            if value is not None:
+                overrides[key] = value
+        if max_seconds is not None or max_steps is not None:
+            overrides["max_seconds"] = max_seconds
+        cfg = dataclasses.replace(TrainConfig(), **overrides)
+        report = train(data_dir, out_dir, config=cfg)
+    except XRetrieveError as e:
+        fail(e)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    out.print(
+        f"trained {report.config.model} on {report.n_images} images / {report.n_captions} captions: "
+        f"{report.steps} steps ({report.epochs:.1f} epochs) in {report.seconds:.0f}s, "
+        f"final loss {report.final_loss:.3f} -> {out_dir}",
+        highlight=False,
+    )
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str, typer.Argument(help="Model folder (or architecture name).")],
+    world: Annotated[Path, typer.Option("--world", help="World folder made by `make-world`.")],
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Report text->image and image->text R@1/5/10 on a world's held-out split, chance beside."""
+    from xretrieve.encoders import load_encoder
+    from xretrieve.evaluate import evaluate_world
+
+    try:
+        enc = load_encoder(model, pretrained=pretrained, device=device)
+        report = evaluate_world(enc, world, split=split)
+    except XRetrieveError as e:
+        fail(e)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        out.print(report.format_table(), highlight=False)
+
+
+@app.command("models")
+def models_cmd(model_config: ModelConfigOpt = None) -> None:
+    """List the model architectures that can be built (open_clip's and xretrieve's)."""
+    from xretrieve.encoders import list_models
+
+    try:
+        register(model_config)
+    except XRetrieveError as e:
+        fail(e)
+    for name in list_models():
+        sys.stdout.write(name + "\n")
