@@ -157,3 +157,12 @@ def test_atomic_write_leaves_old_content_on_failure(tmp_path: Path) -> None:
         store.atomic_write(target, half)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_kept_shards_carry_over_and_new_ones_number_after_them(tmp_path: Path) -> None:
+    m1 = _write(tmp_path, _payload(4), _payload(3, modality="text"))
+    m2 = _write(tmp_path, _payload(6, seed=2), keep=m1.shards)
+    assert [s.name for s in m2.shards] == ["image-00000", "text-00000", "image-00001"]
+    assert m2.shards[:2] == m1.shards  # same files, same checksums
+    for info in m2.shards:
+        assert store.load_shard(tmp_path, info, verify=True).metadata.num_rows == info.rows

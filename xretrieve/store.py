@@ -319,11 +319,14 @@ def write_generation(
     stats: dict[str, Any] | None = None,
     max_rows_per_shard: int = 1_000_000,
     index_type: str | None = None,
+    keep: Sequence[ShardInfo] = (),
 ) -> Manifest:
     """Write a new generation of the index: shard files first, the manifest last.
 
-    The caller holds `lock_index`. Shard files of the previous generation that the new
-    manifest no longer names are removed only after the new manifest is in place.
+    `keep` lists shards of the current generation to carry over unchanged (their files stay);
+    `payloads` become new shards, numbered after the kept ones. The caller holds
+    `lock_index`. Shard files that the new manifest no longer names are removed only after
+    the new manifest is in place.
     """
     d = Path(index_dir).expanduser()
     shard_dir = d / SHARDS_DIR
@@ -339,8 +342,11 @@ def write_generation(
     def plan_for(n: int, dim_: int) -> ann.IndexPlan:
         return ann.plan_index(n, dim_, index_type=index_type)
 
-    shards: list[ShardInfo] = []
+    shards: list[ShardInfo] = list(keep)
     counters: dict[str, int] = {}
+    for info in keep:
+        number = int(info.name.rsplit("-", 1)[1])
+        counters[info.modality] = max(counters.get(info.modality, 0), number + 1)
     for payload in payloads:
         for start in range(0, max(1, len(payload.vectors)), max_rows_per_shard):
             part = _slice_payload(payload, start, start + max_rows_per_shard)
