@@ -4,7 +4,7 @@ Runs the engine's own path (plan_index -> build_index -> tune -> write_index -> 
 prints build time, peak memory growth, on-disk bytes vs raw float32, single-query latency and
 recall@10, next to exact search measured in the same run.
 
-    .venv/bin/python scripts/bench_faiss.py                 # 1M vectors (~3 min, ~12 GiB)
+    .venv/bin/python scripts/bench_faiss.py                 # 1M vectors (~5 min, ~12 GiB peak)
     .venv/bin/python scripts/bench_faiss.py --nb 100000     # quick
     .venv/bin/python scripts/bench_faiss.py --nb 100000 --index-type ivf-pq
 
