@@ -46,6 +46,7 @@ __all__ = [
     "faiss_gpu_count",
     "index_files",
     "merge_topk",
+    "on_device",
     "plan_index",
     "read_index",
     "reconstruct_vectors",
