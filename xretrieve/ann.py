@@ -463,9 +463,9 @@ def _search_params(built: BuiltIndex, params: TunedParams) -> Any | None:
     if built.plan.exact:
         return None
     if _extract_ivf(built.index) is not None:
-        return faiss.SearchParametersIVF(nprobe=max(1, params.nprobe or 1))
+        return faiss.SearchParametersIVF(nprobe=max(1, params.nprobe or 1))  # type: ignore[call-arg]
     if built.plan.hnsw_m or params.ef_search:
-        return faiss.SearchParametersHNSW(efSearch=max(1, params.ef_search or 16))
+        return faiss.SearchParametersHNSW(efSearch=max(1, params.ef_search or 16))  # type: ignore[attr-defined]
     return None
 
 
@@ -646,7 +646,7 @@ def tune(
     def measure(value: int) -> TunedParams:
         p = TunedParams(oversample=over, k=k, target_recall=target_recall, n_queries=len(q))
         if name:
-            p = replace(p, **{name: value})
+            p = replace(p, **{name: value})  # type: ignore[arg-type]
         found = _drop_self(search(built, q, kk + 1, params=p)[1], rows, kk)
         return replace(p, recall=_recall(found, truth))
 
@@ -832,7 +832,11 @@ def write_index(
                 np.save(f, rs.codes, allow_pickle=False)
 
         _atomic(rescore_path, save_npy)
-    _atomic(json_path, lambda tmp: tmp.write_text(json.dumps(meta), encoding="utf-8"))
+
+    def save_json(tmp: Path) -> None:
+        tmp.write_text(json.dumps(meta), encoding="utf-8")
+
+    _atomic(json_path, save_json)
     _atomic(index_path, lambda tmp: faiss.write_index(cpu, str(tmp)))
 
 
