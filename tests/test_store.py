@@ -70,8 +70,14 @@ def test_shards_split_at_max_rows_and_generations_replace_files(tmp_path: Path) 
     assert [s.name for s in m1.shards] == ["image-00000", "image-00001", "image-00002"]
     m2 = _write(tmp_path, _payload(7))
     assert m2.generation == m1.generation + 1
+    assert [s.name for s in m2.shards] == ["image-00003"]  # names are never reused
     files = sorted(p.name for p in (tmp_path / "shards").iterdir())
-    assert all(".g2." in f for f in files), files  # generation 1 files are gone
+    # Generation 1 stays for readers that opened it, until generation 3 lands.
+    assert {f.split(".")[1] for f in files} == {"g1", "g2"}, files
+    m3 = _write(tmp_path, _payload(2))
+    files = sorted(p.name for p in (tmp_path / "shards").iterdir())
+    assert {f.split(".")[1] for f in files} == {"g2", "g3"}, files
+    assert store.load_shard(tmp_path, m3.shards[0]).metadata.num_rows == 2
 
 
 def test_failed_write_keeps_previous_generation(

@@ -11,6 +11,15 @@ Layout (format v1)::
 Every file is written to a temporary name, fsynced and renamed, and shard files carry the
 generation that wrote them, so a reader that loaded generation N never sees a file of N+1
 half-written, and a crash before the manifest is renamed leaves generation N intact.
+The files of generation N stay on disk until generation N+2 lands, so a reader that read
+manifest N just before N+1 replaced it can still load its shards; a `Reader` that finds a
+file gone re-reads the manifest and starts over on the new generation.
+
+A writer (holding `lock_index`) commits in steps with a `Writer`: `write_shard` any number of
+times, then `commit` the shard list; each commit is one new generation.
+
+Metadata columns added after v1 (`folder`, `year`, `path_bytes`) are additive: v1 shards are
+filled in on read (`upgrade_metadata`), and readers of v1 ignore the extra columns.
 """
 
 from __future__ import annotations
@@ -25,10 +34,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from xretrieve import ann
@@ -43,15 +54,24 @@ from xretrieve.types import Modality, Vectors
 __all__ = [
     "FORMAT_VERSION",
     "METADATA_SCHEMA",
+    "PARTITION_KEYS",
     "LoadedShard",
     "Manifest",
+    "Reader",
     "ShardFile",
     "ShardInfo",
+    "ShardMissingError",
     "ShardPayload",
+    "Writer",
     "atomic_write",
+    "kill_point",
     "load_shard",
     "lock_index",
+    "partition_stats",
     "read_manifest",
+    "read_metadata",
+    "top_folder",
+    "upgrade_metadata",
     "write_generation",
 ]
 
@@ -75,8 +95,17 @@ METADATA_SCHEMA = pa.schema(
         ("content_hash", pa.string()),  # sha256 of the file (images) or of the caption text
         ("shard", pa.string()),
         ("row", pa.int64()),
+        ("folder", pa.string()),  # top-level folder of `path`; "" for files at the root
+        ("year", pa.int32()),  # UTC year of `mtime`
+        # The exact bytes of `path` when they are not valid UTF-8 (then `path` shows them as
+        # \xNN); null otherwise. os.fsdecode(path_bytes) gives the name back.
+        ("path_bytes", pa.binary()),
     ]
 )
+#: What `--shard-by` accepts: a metadata column to partition shards on, or none.
+PARTITION_KEYS = ("none", "folder", "year")
+#: Columns whose min/max each shard records in `ShardInfo.partition["stats"]`.
+STATS_COLUMNS = ("mtime", "width", "height", "bytes", "year")
 
 
 @dataclass(frozen=True)
@@ -99,6 +128,8 @@ class ShardInfo:
     meta_file: ShardFile
     index_type: str
     ann: dict[str, Any] = field(default_factory=dict)  # search params and measured recall
+    # {"key": "none"|"folder"|"year", "value": <value or None>,
+    #  "stats": {column: {"min": ..., "max": ...}}}  (mtime as ISO strings)
     partition: dict[str, Any] = field(default_factory=dict)
 
 
@@ -150,6 +181,7 @@ class Manifest:
                         **s,
                         "index_file": ShardFile(**s["index_file"]),
                         "meta_file": ShardFile(**s["meta_file"]),
+                        "partition": s.get("partition") or _UNKNOWN_PARTITION,
                     }
                 )
                 for s in d["shards"]
@@ -174,6 +206,10 @@ class Manifest:
             ) from e
 
 
+# Shards written before partitions existed: one partition, no statistics (so never pruned).
+_UNKNOWN_PARTITION: dict[str, Any] = {"key": "none", "value": None, "stats": {}}
+
+
 @dataclass(frozen=True)
 class ShardPayload:
     """What the indexer hands the store for one shard: vectors and aligned metadata."""
@@ -181,7 +217,7 @@ class ShardPayload:
     modality: Modality
     vectors: Vectors
     metadata: pa.Table
-    partition: dict[str, Any] = field(default_factory=dict)
+    partition: dict[str, Any] = field(default_factory=dict)  # {"key": ..., "value": ...}
 
 
 @dataclass
@@ -266,8 +302,53 @@ def read_manifest(index_dir: str | os.PathLike[str]) -> Manifest:
     return Manifest.from_json(text, where=mpath)
 
 
-def _shard_names(modality: str, count: int) -> list[str]:
-    return [f"{modality}-{i:05d}" for i in range(count)]
+def _shard_number(name: str) -> int:
+    try:
+        return int(name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _iso(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return v.astimezone(timezone.utc).isoformat()
+    return v
+
+
+def partition_stats(meta: pa.Table) -> dict[str, dict[str, Any]]:
+    """Min and max of each `STATS_COLUMNS` column (nulls ignored; mtime as ISO 8601 strings)."""
+    out: dict[str, dict[str, Any]] = {}
+    for col in STATS_COLUMNS:
+        if col not in meta.column_names:
+            continue
+        mm = pc.min_max(meta.column(col)).as_py()
+        out[col] = {"min": _iso(mm["min"]), "max": _iso(mm["max"])}
+    return out
+
+
+def upgrade_metadata(meta: pa.Table) -> pa.Table:
+    """Bring a shard's metadata table to `METADATA_SCHEMA`, deriving columns older shards lack."""
+    if meta.schema.equals(METADATA_SCHEMA):
+        return meta
+    n = meta.num_rows
+    cols: list[pa.Array | pa.ChunkedArray] = []
+    for fld in METADATA_SCHEMA:
+        if fld.name in meta.column_names:
+            cols.append(meta.column(fld.name).cast(fld.type))
+        elif fld.name == "folder" and "path" in meta.column_names:
+            paths = meta.column("path").to_pylist()
+            cols.append(pa.array([top_folder(p) if p is not None else None for p in paths]))
+        elif fld.name == "year" and "mtime" in meta.column_names:
+            cols.append(pc.year(meta.column("mtime")).cast(pa.int32()))
+        else:
+            cols.append(pa.nulls(n, fld.type))
+    return pa.Table.from_arrays(cols, schema=METADATA_SCHEMA)
+
+
+def top_folder(rel: str) -> str:
+    """The first component of a relative POSIX path, or "" for a file at the root."""
+    head, sep, _ = rel.partition("/")
+    return head if sep else ""
 
 
 def _write_shard(
@@ -282,7 +363,7 @@ def _write_shard(
         raise IndexStoreError(
             f"shard {name}: {n} vectors but {payload.metadata.num_rows} metadata rows"
         )
-    meta = payload.metadata
+    meta = upgrade_metadata(payload.metadata)
     meta = meta.set_column(
         meta.schema.get_field_index("shard"), "shard", pa.array([name] * n, pa.string())
     )
@@ -295,8 +376,15 @@ def _write_shard(
     base = f"{name}.g{generation}"
     index_path = shard_dir / f"{base}.faiss"
     meta_path = shard_dir / f"{base}.parquet"
-    ann.write_index(built, index_path, params=tuned)
+    # Parquet first: a shard is only named by a manifest once both files are complete.
     atomic_write(meta_path, lambda tmp: pq.write_table(meta, tmp, compression="zstd"))
+    kill_point("shard-parquet")
+    ann.write_index(built, index_path, params=tuned)
+    partition = {
+        "key": payload.partition.get("key", "none"),
+        "value": payload.partition.get("value"),
+        "stats": partition_stats(meta),
+    }
     return ShardInfo(
         name=name,
         modality=payload.modality,
@@ -305,8 +393,108 @@ def _write_shard(
         meta_file=_describe(meta_path),
         index_type=plan.kind,
         ann=tuned.to_dict(),
-        partition=dict(payload.partition),
+        partition=partition,
     )
+
+
+def _current(d: Path) -> Manifest | None:
+    try:
+        return read_manifest(d)
+    except IndexNotFoundError:
+        return None
+    except IndexStoreError:
+        return None  # a damaged manifest: the next generation replaces it
+
+
+class Writer:
+    """Writes shards and commits generations of one index; the caller holds `lock_index`.
+
+    Each `commit` lands one new generation whose manifest names exactly the shards given;
+    shard files written since the last commit carry that generation's number.
+    """
+
+    def __init__(self, index_dir: str | os.PathLike[str]) -> None:
+        self.dir = Path(index_dir).expanduser()
+        self.shard_dir = self.dir / SHARDS_DIR
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        self.manifest = _current(self.dir)
+        self._next: dict[str, int] = {}
+        for info in self.manifest.shards if self.manifest else ():
+            self._bump(info.name, info.modality)
+
+    @property
+    def generation(self) -> int:
+        """The generation the next commit writes."""
+        return (self.manifest.generation if self.manifest else 0) + 1
+
+    def _bump(self, name: str, modality: str) -> None:
+        self._next[modality] = max(self._next.get(modality, 0), _shard_number(name) + 1)
+
+    def new_name(self, modality: str) -> str:
+        """A shard name never used in this index's current manifest or by this writer."""
+        i = self._next.get(modality, 0)
+        self._next[modality] = i + 1
+        return f"{modality}-{i:05d}"
+
+    def write_shard(
+        self,
+        payload: ShardPayload,
+        *,
+        max_rows: int = 1_000_000,
+        index_type: str | None = None,
+    ) -> list[ShardInfo]:
+        """Write `payload` as one or more shards of at most `max_rows` rows (not yet committed)."""
+        if max_rows <= 0:
+            raise IndexStoreError(f"max rows per shard must be positive, got {max_rows}")
+
+        def plan_for(n: int, dim_: int) -> ann.IndexPlan:
+            return ann.plan_index(n, dim_, index_type=index_type)
+
+        out: list[ShardInfo] = []
+        for start in range(0, len(payload.vectors), max_rows):
+            part = _slice_payload(payload, start, start + max_rows)
+            name = self.new_name(part.modality)
+            out.append(_write_shard(self.shard_dir, name, self.generation, part, plan_for))
+            kill_point("shard-written")
+        return out
+
+    def commit(
+        self,
+        shards: Sequence[ShardInfo],
+        *,
+        root: str,
+        model: dict[str, Any],
+        dim: int,
+        stats: dict[str, Any] | None = None,
+    ) -> Manifest:
+        """Land a new generation naming `shards`: the manifest is replaced last, atomically.
+
+        Files that neither this generation nor the one it replaces name are then removed, so
+        a reader of the previous manifest can still open its shards.
+        """
+        names = [s.name for s in shards]
+        if len(set(names)) != len(names):
+            raise IndexStoreError(f"duplicate shard names in one generation: {sorted(names)}")
+        previous = self.manifest
+        now = time.time()
+        manifest = Manifest(
+            format_version=FORMAT_VERSION,
+            generation=self.generation,
+            root=root,
+            model=model,
+            dim=dim,
+            metric="inner_product",
+            shards=tuple(shards),
+            created_at=previous.created_at if previous else now,
+            updated_at=now,
+            stats=dict(stats or {}),
+        )
+        kill_point("before-manifest")
+        atomic_write(self.dir / MANIFEST, lambda tmp: _write_text(tmp, manifest.to_json()))
+        kill_point("after-manifest")
+        self.manifest = manifest
+        _collect_garbage(self.shard_dir, manifest, previous)
+        return manifest
 
 
 def write_generation(
@@ -325,53 +513,15 @@ def write_generation(
 
     `keep` lists shards of the current generation to carry over unchanged (their files stay);
     `payloads` become new shards, numbered after the kept ones. The caller holds
-    `lock_index`. Shard files that the new manifest no longer names are removed only after
-    the new manifest is in place.
+    `lock_index`.
     """
-    d = Path(index_dir).expanduser()
-    shard_dir = d / SHARDS_DIR
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    previous: Manifest | None
-    try:
-        previous = read_manifest(d)
-    except IndexStoreError:
-        previous = None
-    generation = (previous.generation + 1) if previous else 1
-    created = previous.created_at if previous else time.time()
-
-    def plan_for(n: int, dim_: int) -> ann.IndexPlan:
-        return ann.plan_index(n, dim_, index_type=index_type)
-
+    w = Writer(index_dir)
     shards: list[ShardInfo] = list(keep)
-    counters: dict[str, int] = {}
     for info in keep:
-        number = int(info.name.rsplit("-", 1)[1])
-        counters[info.modality] = max(counters.get(info.modality, 0), number + 1)
+        w._bump(info.name, info.modality)
     for payload in payloads:
-        for start in range(0, max(1, len(payload.vectors)), max_rows_per_shard):
-            part = _slice_payload(payload, start, start + max_rows_per_shard)
-            if len(part.vectors) == 0:
-                continue
-            i = counters.get(part.modality, 0)
-            counters[part.modality] = i + 1
-            name = _shard_names(part.modality, i + 1)[i]
-            shards.append(_write_shard(shard_dir, name, generation, part, plan_for))
-    now = time.time()
-    manifest = Manifest(
-        format_version=FORMAT_VERSION,
-        generation=generation,
-        root=root,
-        model=model,
-        dim=dim,
-        metric="inner_product",
-        shards=tuple(shards),
-        created_at=created,
-        updated_at=now,
-        stats=dict(stats or {}),
-    )
-    atomic_write(d / MANIFEST, lambda tmp: _write_text(tmp, manifest.to_json()))
-    _collect_garbage(shard_dir, manifest)
-    return manifest
+        shards += w.write_shard(payload, max_rows=max_rows_per_shard, index_type=index_type)
+    return w.commit(shards, root=root, model=model, dim=dim, stats=stats)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -384,20 +534,47 @@ def _slice_payload(p: ShardPayload, start: int, stop: int) -> ShardPayload:
     return replace(p, vectors=p.vectors[start:stop], metadata=p.metadata.slice(start, stop - start))
 
 
-def _collect_garbage(shard_dir: Path, manifest: Manifest) -> None:
-    keep = {s.index_file.name for s in manifest.shards} | {
-        s.meta_file.name for s in manifest.shards
-    }
+def _collect_garbage(shard_dir: Path, manifest: Manifest, previous: Manifest | None) -> None:
+    keep: set[str] = set()
+    for m in (manifest, previous):
+        for s in m.shards if m else ():
+            keep |= {s.index_file.name, s.meta_file.name}
     for f in shard_dir.iterdir():
         referenced = f.name in keep or any(f.name.startswith(k + ".") for k in keep)
         if not referenced and not f.name.startswith("."):
             with contextlib.suppress(OSError):
                 f.unlink()
+        elif f.name.startswith(".") and f.name.endswith(".tmp"):
+            # A temporary file left by a killed writer (we hold the lock: nobody else writes).
+            with contextlib.suppress(OSError):
+                f.unlink()
+
+
+def kill_point(point: str) -> None:
+    """Test hook: with XRETRIEVE_KILL_AT=point[:n], SIGKILL this process at the n-th such point."""
+    spec = os.environ.get("XRETRIEVE_KILL_AT")
+    if not spec:
+        return
+    name, _, nth = spec.partition(":")
+    if name != point:
+        return
+    _hook_counts[point] = _hook_counts.get(point, 0) + 1
+    if _hook_counts[point] >= int(nth or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_hook_counts: dict[str, int] = {}
+
+
+class ShardMissingError(IndexCorruptError):
+    """A shard file named by a manifest is gone (a newer generation may have replaced it)."""
 
 
 def _check_file(path: Path, expected: ShardFile, *, verify: bool) -> None:
     if not path.is_file():
-        raise IndexCorruptError(
+        raise ShardMissingError(
             f"{path} is missing; rebuild the index with `xretrieve index --full`"
         )
     size = path.stat().st_size
@@ -408,6 +585,21 @@ def _check_file(path: Path, expected: ShardFile, *, verify: bool) -> None:
         )
     if verify and _describe(path).sha256 != expected.sha256:
         raise IndexCorruptError(f"{path} does not match its checksum: the file is damaged")
+
+
+def read_metadata(
+    index_dir: str | os.PathLike[str], info: ShardInfo, *, columns: Sequence[str] | None = None
+) -> pa.Table:
+    """One shard's metadata table (only `columns` when given), without loading its vectors."""
+    meta_path = Path(index_dir).expanduser() / SHARDS_DIR / info.meta_file.name
+    _check_file(meta_path, info.meta_file, verify=False)
+    try:
+        if columns is None:
+            return upgrade_metadata(pq.read_table(meta_path))
+        have = set(pq.read_schema(meta_path).names)
+        return pq.read_table(meta_path, columns=[c for c in columns if c in have])
+    except (pa.ArrowException, OSError) as e:
+        raise IndexCorruptError(f"{meta_path} cannot be read as Parquet: {e}") from e
 
 
 def load_shard(
@@ -421,7 +613,7 @@ def load_shard(
     _check_file(meta_path, info.meta_file, verify=verify)
     built = ann.read_index(index_path)
     try:
-        meta = pq.read_table(meta_path)
+        meta = upgrade_metadata(pq.read_table(meta_path))
     except (pa.ArrowException, OSError) as e:
         raise IndexCorruptError(f"{meta_path} cannot be read as Parquet: {e}") from e
     if built.ntotal != info.rows or meta.num_rows != info.rows:
@@ -430,3 +622,40 @@ def load_shard(
             f"metadata has {meta.num_rows}; rebuild the index with `xretrieve index --full`"
         )
     return LoadedShard(info=info, index=built, metadata=meta)
+
+
+class Reader:
+    """A consistent view of an index for searching: every shard it returns is of one generation.
+
+    Shards load lazily. When a shard file is gone because a writer has since landed two
+    newer generations, the reader re-reads the manifest and serves the new generation.
+    """
+
+    def __init__(self, index_dir: str | os.PathLike[str], manifest: Manifest | None = None):
+        self.dir = Path(index_dir).expanduser()
+        self.manifest = manifest or read_manifest(self.dir)
+        self._loaded: dict[str, LoadedShard] = {}
+
+    def refresh(self) -> bool:
+        """Re-read the manifest; True (and the shard cache dropped) if the generation changed."""
+        m = read_manifest(self.dir)
+        if m.generation == self.manifest.generation:
+            return False
+        self.manifest, self._loaded = m, {}
+        return True
+
+    def shards(self, modality: str | None = None) -> list[LoadedShard]:
+        """The shards holding `modality` (all when None), all from the same generation."""
+        for _ in range(5):
+            try:
+                out = []
+                for info in self.manifest.shards:
+                    if modality is None or info.modality == modality:
+                        if info.name not in self._loaded:
+                            self._loaded[info.name] = load_shard(self.dir, info)
+                        out.append(self._loaded[info.name])
+                return out
+            except ShardMissingError:
+                if not self.refresh():
+                    raise
+        raise IndexStoreError(f"{self.dir} keeps changing under the reader; try again")
