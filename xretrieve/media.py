@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
 from xretrieve.errors import FolderError, MediaError
 from xretrieve.types import Modality
@@ -22,6 +23,7 @@ from xretrieve.types import Modality
 __all__ = [
     "CAPTION_EXTS",
     "IMAGE_EXTS",
+    "PLUGIN_EXTS",
     "DecodedImage",
     "MediaFile",
     "Problem",
@@ -30,12 +32,48 @@ __all__ = [
     "decode_image",
     "display_path",
     "load_image",
+    "path_bytes",
     "read_captions",
     "scan_folder",
     "to_rgb",
 ]
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+BASE_IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+#: Formats that need a Pillow plugin (the `heic` extra), and the note shown when it is missing.
+PLUGIN_EXTS = {
+    ".heic": "HEIC needs pillow-heif: pip install 'xretrieve[heic]'",
+    ".heif": "HEIF needs pillow-heif: pip install 'xretrieve[heic]'",
+    ".avif": "AVIF needs Pillow with AVIF or pillow-avif-plugin: pip install 'xretrieve[heic]'",
+}
+
+
+def _plugin_exts() -> frozenset[str]:
+    """Register optional format plugins; return the extensions that can now be decoded."""
+    found: set[str] = set()
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        found |= {".heic", ".heif"}
+    except ImportError:
+        pass
+    try:
+        avif = bool(features.check("avif"))
+    except (ValueError, OSError):
+        avif = False
+    if not avif:
+        try:
+            import pillow_avif  # noqa: F401
+
+            avif = True
+        except ImportError:
+            pass
+    if avif:
+        found.add(".avif")
+    return frozenset(found)
+
+
+IMAGE_EXTS = BASE_IMAGE_EXTS | _plugin_exts()
 CAPTION_EXTS = frozenset({".txt"})
 #: Images above this many pixels are refused (decompression bombs); Pillow's default is 89M.
 MAX_PIXELS = 178_956_970
@@ -90,38 +128,68 @@ def display_path(p: str | os.PathLike[str]) -> str:
     return os.fsencode(p).decode("utf-8", "backslashreplace")
 
 
+def path_bytes(p: str) -> bytes | None:
+    """The raw bytes of a path when `display_path` cannot give it back exactly, else None."""
+    raw = os.fsencode(p)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+    return None
+
+
 def scan_folder(root: str | os.PathLike[str]) -> Scan:
-    """Walk `root` recursively (no symlinked folders, so no loops) and classify its files."""
+    """Walk `root` recursively and classify its files, in sorted order, stat-ing each once.
+
+    Symlinked folders are not followed (so loops cannot happen); symlinked files are.
+    Unreadable folders, broken links and formats whose plugin is missing become `Problem`s.
+    """
     base = Path(root).expanduser()
     if not base.exists():
         raise FolderError(f"media folder not found: {base}")
     if not base.is_dir():
         raise FolderError(f"not a folder: {base}")
     scan = Scan(root=base.resolve())
-
-    def on_error(err: OSError) -> None:
-        scan.problems.append(
-            Problem(display_path(err.filename or base), f"cannot read: {err.strerror}")
-        )
-
-    for dirpath, dirnames, filenames in os.walk(scan.root, onerror=on_error, followlinks=False):
-        dirnames.sort()
-        for name in sorted(filenames):
+    stack: list[tuple[str, str]] = [(str(scan.root), "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            scan.problems.append(Problem(display_path(folder), f"cannot read folder: {e.strerror}"))
+            continue
+        subdirs: list[tuple[str, str]] = []
+        for entry in entries:
+            name = entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    subdirs.append((entry.path, f"{prefix}{name}/"))
+                    continue
+            except OSError:
+                pass
             ext = os.path.splitext(name)[1].lower()
             modality: Modality | None = (
                 "image" if ext in IMAGE_EXTS else "text" if ext in CAPTION_EXTS else None
             )
             if modality is None:
+                if ext in PLUGIN_EXTS:
+                    scan.problems.append(Problem(display_path(entry.path), PLUGIN_EXTS[ext]))
                 continue
-            full = Path(dirpath, name)
             try:
-                st = full.stat()
+                st = entry.stat()  # follows a symlinked file
             except OSError as e:
-                scan.problems.append(Problem(display_path(full), f"cannot stat: {e.strerror}"))
+                scan.problems.append(
+                    Problem(display_path(entry.path), f"cannot stat: {e.strerror}")
+                )
                 continue
-            rel = full.relative_to(scan.root).as_posix()
-            item = MediaFile(full, rel, modality, st.st_size, st.st_mtime_ns)
+            if not stat.S_ISREG(st.st_mode):
+                if not stat.S_ISDIR(st.st_mode):
+                    scan.problems.append(Problem(display_path(entry.path), "not a regular file"))
+                continue
+            item = MediaFile(Path(entry.path), prefix + name, modality, st.st_size, st.st_mtime_ns)
             (scan.images if modality == "image" else scan.captions).append(item)
+        stack.extend(reversed(subdirs))
     return scan
 
 
