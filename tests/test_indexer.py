@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -26,6 +27,11 @@ def _count_encoded(monkeypatch: pytest.MonkeyPatch, enc: Encoder) -> list[int]:
 
     monkeypatch.setattr(enc, "encode_pixels", counting)
     return calls
+
+
+def _rows(idx: Path) -> list[dict]:  # type: ignore[type-arg]
+    m = store.read_manifest(idx)
+    return [r for info in m.shards for r in store.read_metadata(idx, info).to_pylist()]
 
 
 def test_index_counts_images_and_captions(
@@ -83,15 +89,26 @@ def test_rerun_reuses_and_tracks_changes(
     os.utime(pngs[3], ns=(1, 1))  # touched, same bytes: re-hashed, vector reused
     run = index_folder(media_dir, idx, encoder=tiny_encoder, options=OPTS)
     assert calls == []
-    assert (
-        run.reused == 3 and run.removed >= 2
-    )  # the old path of the renamed file and the deleted one
+    # The sidecars of the renamed and deleted images lost their image: re-read, vectors reused.
+    orphan_lines = sum(
+        len(p.with_suffix(".txt").read_text().splitlines()) for p in (pngs[0], pngs[2])
+    )
+    assert (run.indexed, run.updated, run.removed) == (2, 1, 2)
+    assert run.reused == 3 + orphan_lines and run.encoded == 0
     assert run.images == first.images
+    rows = _rows(idx)
+    images = sorted(r["path"] for r in rows if r["modality"] == "image")
+    assert images == sorted(p.name for p in media_dir.glob("*.png"))
+    orphans = {p.with_suffix(".txt").name for p in (pngs[0], pngs[2])}
+    assert all(r["image_path"] is None for r in rows if r["path"] in orphans)
 
     full = index_folder(
         media_dir, idx, encoder=tiny_encoder, options=IndexOptions(progress=False, full=True)
     )
-    assert sum(calls) == full.images and full.indexed == full.images + full.texts
+    distinct = {hashlib.sha256(p.read_bytes()).digest() for p in media_dir.glob("*.png")}
+    assert full.images == len(distinct) + 1  # copy.png duplicates another image
+    assert sum(calls) == len(distinct)  # --full re-encodes, but each content once
+    assert full.indexed == full.images + full.texts and full.removed == 0
 
 
 def test_other_model_on_existing_index_is_refused(

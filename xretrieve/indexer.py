@@ -1,57 +1,80 @@
-"""Indexer: media folder -> encoders -> a new generation of shards and metadata.
+"""Indexer: media folder -> encoders -> shards, committed in batches, resumable after a crash.
 
-Decoding runs in a bounded, order-keeping thread pool so it overlaps the encoder; a file
-whose path, size and mtime are unchanged since the last run keeps its vector without being
-read, and a file whose bytes hash to a known vector (renamed, copied) is not encoded again.
+One run, holding the index's writer lock:
+
+1. *Plan* from `stat` alone: a file whose path, size and mtime match a stored row (and, for
+   an image, whose sidecar caption is the stored one) is unchanged, and its row stays where
+   it is. Only the metadata columns of the stored shards are read, never their vectors.
+2. *Encode* the rest, captions first then images, through a bounded pipeline (decode threads
+   feed encoder batches in order). A file whose bytes hash to a known vector (renamed,
+   copied, touched) is not decoded nor encoded again. Every `commit_every` items (or
+   `commit_seconds`) the new rows are written as small delta shards and a new generation is
+   committed that holds the old shards plus every delta so far.
+3. *Finish*: one last generation drops the rows of deleted and changed files and merges the
+   deltas (and small or re-partitioned shards) into shards of at most `max_rows_per_shard`,
+   split by modality and by the `shard_by` partition.
+
+A killed run leaves the last committed generation; the next run sees the committed files as
+unchanged and goes on from there, and step 3 removes any older copy, so each file ends up in
+the index exactly once. Until step 3 lands, readers see the old index plus what was added.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from xretrieve import ann, store
 from xretrieve.encoders import Encoder
-from xretrieve.errors import FolderError, MediaError, ModelMismatchError, XRetrieveError
+from xretrieve.errors import FolderError, InputError, MediaError, ModelMismatchError
 from xretrieve.media import (
+    IMAGE_EXTS,
     MediaFile,
     Problem,
     Scan,
     content_hash,
     decode_image,
     display_path,
-    iter_sidecar_pairs,
+    path_bytes,
     read_captions,
     scan_folder,
 )
-from xretrieve.types import Vectors
+from xretrieve.pipeline import bounded_map, default_workers
+from xretrieve.types import Modality, Vectors
 
 __all__ = ["IndexOptions", "IndexReport", "bounded_map", "index_folder"]
 
-T = TypeVar("T")
-R = TypeVar("R")
+#: Shards smaller than this are merged with their partition's new rows at the end of a run
+#: (they are exact Flat shards, so their vectors come back bit for bit).
+COMPACT_ROWS = ann.FLAT_MAX_N
 
 
 @dataclass(frozen=True)
 class IndexOptions:
-    """How to index: batch size, decode workers, shard size, rebuild or reuse."""
+    """How to index: batching, decode threads, sharding, commits, rebuild or reuse."""
 
     batch_size: int = 32
-    workers: int | None = None  # decode threads; None = number of cores
+    workers: int | None = None  # decode threads; None = cores available
     max_rows_per_shard: int = 1_000_000
     index_type: str | None = None  # FAISS index type override (see xretrieve.ann.plan_index)
     full: bool = False  # ignore the previous generation: re-read and re-encode everything
     progress: bool = True
+    # Partition key: none | folder | year (store.PARTITION_KEYS); None keeps the index's own.
+    shard_by: str | None = None
+    commit_every: int = 4096  # items between two committed generations
+    commit_seconds: float = 300.0  # ... or this long, whichever comes first
+    torch_threads: int | None = None  # intra-op threads of the encoder; None = leave torch's
 
 
 @dataclass
@@ -59,20 +82,25 @@ class IndexReport:
     """What a run did, for the end-of-run summary."""
 
     index: str
-    indexed: int = 0  # newly encoded items
-    reused: int = 0  # new paths whose content was already known (renamed / duplicated)
+    indexed: int = 0  # items at paths the index did not hold
+    updated: int = 0  # items at known paths whose content or caption changed
     unchanged: int = 0
-    removed: int = 0
+    removed: int = 0  # items whose file is gone (or can no longer be read)
     failed: int = 0
+    encoded: int = 0  # items that went through the encoder
+    reused: int = 0  # items whose vector came from identical content (renamed, copied, touched)
     images: int = 0
     texts: int = 0
     seconds: float = 0.0
     generation: int = 0
+    commits: int = 0
     problems: list[Problem] = field(default_factory=list)
 
     @property
     def items_per_s(self) -> float:
-        return (self.images + self.texts) / self.seconds if self.seconds > 0 else 0.0
+        """Items processed (indexed + updated) per second of the run."""
+        done = self.indexed + self.updated
+        return done / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,77 +109,396 @@ class IndexReport:
             "images": self.images,
             "texts": self.texts,
             "indexed": self.indexed,
-            "reused": self.reused,
+            "updated": self.updated,
             "unchanged": self.unchanged,
             "removed": self.removed,
             "failed": self.failed,
+            "encoded": self.encoded,
+            "reused": self.reused,
+            "commits": self.commits,
             "seconds": round(self.seconds, 3),
             "items_per_s": round(self.items_per_s, 2),
             "problems": [{"path": p.path, "reason": p.reason} for p in self.problems],
         }
 
 
-def bounded_map(
-    fn: Callable[[T], R], items: Iterable[T], *, workers: int, window: int
-) -> Iterator[R]:
-    """Map `fn` over `items` in threads, yielding results in order with at most `window` in flight."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque[Future[R]] = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+# ---------------------------------------------------------------------------------------------
+# What the index already holds
 
 
-@dataclass(frozen=True)
+Ref = tuple[store.ShardInfo, int]  # a stored row: its shard and row number
+
+
+@dataclass
+class _Stored:
+    """A stored row, as far as planning needs it."""
+
+    ref: Ref
+    size: int
+    mtime_us: int
+    sha: str
+    caption: str | None
+    width: int | None
+    height: int | None
+    image_path: str | None = None
+
+
+@dataclass
 class _Known:
-    """What the previous generation knows: rows by path, vectors by content hash."""
+    """The previous generation's rows by key, and where each content hash's vector lives."""
 
-    rows: dict[str, dict[str, Any]]
-    vectors: dict[str, np.ndarray]
+    shards: list[store.ShardInfo] = field(default_factory=list)
+    rows: dict[tuple[str, ...], list[_Stored]] = field(default_factory=dict)
+    texts_by_path: dict[str, list[tuple[int, _Stored]]] = field(default_factory=dict)
+    vectors: dict[str, tuple[Ref, int | None, int | None]] = field(default_factory=dict)
 
 
-def _previous(index_dir: Path, encoder: Encoder) -> tuple[_Known, store.Manifest | None]:
-    empty = _Known({}, {})
-    try:
-        manifest = store.read_manifest(index_dir)
-    except XRetrieveError:
-        return empty, None
+_PLAN_COLUMNS = (
+    "path",
+    "path_bytes",
+    "modality",
+    "line",
+    "bytes",
+    "mtime",
+    "content_hash",
+    "caption",
+    "width",
+    "height",
+    "image_path",
+)
+
+
+def _column(t: pa.Table, name: str) -> list[Any]:
+    if name not in t.column_names:
+        return [None] * t.num_rows
+    col = t.column(name)
+    if name == "mtime":
+        col = pc.cast(col, pa.int64())
+    return col.to_pylist()
+
+
+def _read_known(index_dir: Path, manifest: store.Manifest) -> _Known:
+    known = _Known(shards=list(manifest.shards))
+    for info in manifest.shards:
+        t = store.read_metadata(index_dir, info, columns=_PLAN_COLUMNS)
+        cols = {name: _column(t, name) for name in _PLAN_COLUMNS}
+        for row in range(t.num_rows):
+            raw = cols["path_bytes"][row]
+            rel = os.fsdecode(raw) if raw is not None else cols["path"][row]
+            line = cols["line"][row]
+            s = _Stored(
+                (info, row),
+                cols["bytes"][row],
+                cols["mtime"][row],
+                cols["content_hash"][row],
+                cols["caption"][row],
+                cols["width"][row],
+                cols["height"][row],
+                cols["image_path"][row],
+            )
+            if cols["modality"][row] == "text":
+                known.texts_by_path.setdefault(rel, []).append((line, s))
+                key: tuple[str, ...] = ("text", rel, str(line))
+            else:
+                key = (cols["modality"][row], rel)
+            known.rows.setdefault(key, []).append(s)
+            known.vectors.setdefault(s.sha, ((info, row), s.width, s.height))
+    return known
+
+
+def _check_model(index_dir: Path, manifest: store.Manifest, encoder: Encoder) -> None:
     if manifest.model.get("fingerprint") != encoder.spec.fingerprint:
         raise ModelMismatchError(
             f"{index_dir} was built with model {manifest.model.get('name')} "
             f"(fingerprint {manifest.model.get('fingerprint')}), not {encoder.spec.name} "
             f"({encoder.spec.fingerprint}); use that model, another --index, or --full to rebuild"
         )
-    rows: dict[str, dict[str, Any]] = {}
-    vectors: dict[str, np.ndarray] = {}
-    for info in manifest.shards:
-        shard = store.load_shard(index_dir, info)
-        vecs = ann.reconstruct_vectors(shard.index)
-        meta = shard.metadata.to_pylist()
-        for r, vec in zip(meta, vecs, strict=True):
-            key = _row_key(r["path"], r["modality"], r["line"])
-            rows[key] = r
-            vectors.setdefault(r["content_hash"], vec)
-    return _Known(rows, vectors), manifest
 
 
-def _row_key(path: str, modality: str, line: int | None) -> str:
-    return f"{modality}\0{path}\0{line if line is not None else ''}"
+# ---------------------------------------------------------------------------------------------
+# Rows and partitions
 
 
-def _mtime_ns(row: dict[str, Any]) -> int:
-    t = row["mtime"]
-    # pyarrow gives timezone-aware datetimes (microseconds); compare at that precision.
-    return int(t.timestamp() * 1_000_000) * 1000
+def _year(mtime_ns: int) -> int:
+    return datetime.fromtimestamp(mtime_ns / 1e9, tz=timezone.utc).year
 
 
-def _same_stat(row: dict[str, Any] | None, f: MediaFile) -> bool:
-    return (
-        row is not None and row["bytes"] == f.size and _mtime_ns(row) == (f.mtime_ns // 1000) * 1000
-    )
+def _row(f: MediaFile, **fields: Any) -> dict[str, Any]:
+    shown = display_path(f.rel)
+    return {
+        "path": shown,
+        "path_bytes": path_bytes(f.rel),
+        "modality": f.modality,
+        "caption": None,
+        "image_path": None,
+        "line": None,
+        "width": None,
+        "height": None,
+        "bytes": f.size,
+        "mtime": f.mtime_ns // 1000,
+        "folder": store.top_folder(shown),
+        "year": _year(f.mtime_ns),
+        **fields,
+    }
+
+
+def _table(rows: list[dict[str, Any]]) -> pa.Table:
+    arrays = []
+    for fld in store.METADATA_SCHEMA:
+        if fld.name in ("shard", "row"):
+            arrays.append(pa.array([""] * len(rows) if fld.name == "shard" else [0] * len(rows)))
+        elif fld.name == "mtime":
+            arrays.append(pa.array([r["mtime"] for r in rows], pa.int64()).cast(fld.type))
+        else:
+            arrays.append(pa.array([r.get(fld.name) for r in rows], fld.type))
+    return pa.Table.from_arrays(arrays, schema=store.METADATA_SCHEMA)
+
+
+def _partition_value(key: str | None, row: dict[str, Any]) -> Any:
+    return None if key in (None, "none") else row[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pending rows and batch commits
+
+
+@dataclass
+class _Item:
+    """A row on its way into a delta shard, with where its vector comes from."""
+
+    row: dict[str, Any]
+    vector: np.ndarray | None = None  # encoded
+    ref: Ref | None = None  # reused from a stored row
+    same_as: _Item | None = None  # reused from an item of this run not yet encoded
+
+
+class _Committer:
+    """Collects new rows, writes them as delta shards and commits a generation per batch."""
+
+    def __init__(
+        self,
+        writer: store.Writer,
+        base: list[store.ShardInfo],
+        *,
+        root: str,
+        encoder: Encoder,
+        options: IndexOptions,
+        known: _Known,
+        report: IndexReport,
+    ) -> None:
+        self.writer = writer
+        self.shards = list(base)
+        self.deltas: list[store.ShardInfo] = []
+        self.root = root
+        self.encoder = encoder
+        self.opts = options
+        self.known = known
+        self.report = report
+        self.pending: list[_Item] = []
+        # Content hashes met in this run and not yet committed: their first item.
+        self.waiting: dict[str, _Item] = {}
+        self.last_commit = time.monotonic()
+
+    def add(self, item: _Item) -> None:
+        self.pending.append(item)
+
+    def due(self) -> bool:
+        return len(self.pending) >= self.opts.commit_every or (
+            bool(self.pending) and time.monotonic() - self.last_commit >= self.opts.commit_seconds
+        )
+
+    def _resolve(self) -> Vectors:
+        dim = self.encoder.dim
+        out = np.empty((len(self.pending), dim), np.float32)
+        by_shard: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        infos: dict[str, store.ShardInfo] = {}
+        for i, item in enumerate(self.pending):
+            src = item
+            while src.same_as is not None:
+                src = src.same_as
+            if src.vector is not None:
+                out[i] = src.vector
+            elif src.ref is not None:
+                info, row = src.ref
+                by_shard[info.name].append((i, row))
+                infos[info.name] = info
+            else:  # pragma: no cover - every item is encoded before a commit
+                raise RuntimeError("an item reached a commit without a vector")
+        for name, wanted in by_shard.items():
+            built = store.load_shard(self.writer.dir, infos[name]).index
+            rows = np.array([r for _, r in wanted], np.int64)
+            vecs = ann.reconstruct_vectors(built, rows)
+            out[[i for i, _ in wanted]] = vecs
+        return out
+
+    def commit(self, *, stats: dict[str, Any]) -> None:
+        """Write the pending rows as delta shards (one per modality and partition), then commit."""
+        if not self.pending:
+            return
+        vectors = self._resolve()
+        groups: dict[tuple[Modality, Any], list[int]] = defaultdict(list)
+        for i, item in enumerate(self.pending):
+            groups[(item.row["modality"], _partition_value(self.opts.shard_by, item.row))].append(i)
+        for (modality, value), idx in groups.items():
+            payload = store.ShardPayload(
+                modality,
+                np.ascontiguousarray(vectors[idx]),
+                _table([self.pending[i].row for i in idx]),
+                {"key": self.opts.shard_by, "value": value},
+            )
+            cap = min(COMPACT_ROWS, self.opts.max_rows_per_shard)
+            infos = self.writer.write_shard(payload, max_rows=cap, index_type="flat")
+            self.deltas += infos
+            self.shards += infos
+            offset = 0
+            for info in infos:
+                for j in range(info.rows):
+                    item = self.pending[idx[offset + j]]
+                    self.known.vectors.setdefault(
+                        item.row["content_hash"],
+                        ((info, j), item.row["width"], item.row["height"]),
+                    )
+                offset += info.rows
+        self.shards.sort(key=_shard_order)
+        self.writer.commit(
+            self.shards,
+            root=self.root,
+            model=self.encoder.spec.to_dict(),
+            dim=self.encoder.dim,
+            stats=stats,
+        )
+        self.report.commits += 1
+        self.pending.clear()
+        self.waiting.clear()
+        self.last_commit = time.monotonic()
+
+
+# ---------------------------------------------------------------------------------------------
+# Captions
+
+
+def _caption_pass(
+    scan: Scan,
+    known: _Known,
+    opts: IndexOptions,
+    committer: _Committer,
+    keep: set[tuple[str, int]],
+    new_keys: set[tuple[str, ...]],
+    report: IndexReport,
+    bar: Any,
+    stats: Callable[[], dict[str, Any]],
+) -> dict[str, str | None]:
+    """Index the caption sidecars; return each sidecar's first caption by its stem."""
+    first: dict[str, str | None] = {}
+    todo: list[MediaFile] = []
+    by_stem = {os.path.splitext(m.rel)[0]: m for m in scan.images}
+    for cap in scan.captions:
+        stem = os.path.splitext(cap.rel)[0]
+        image = by_stem.get(stem)
+        pair = display_path(image.rel) if image else None
+        stored = known.texts_by_path.get(cap.rel, []) if not opts.full else []
+        same = [
+            (line, s)
+            for line, s in stored
+            if s.mtime_us == cap.mtime_ns // 1000 and s.image_path == pair
+        ]
+        if same:
+            newest = max(_number(s) for _, s in same)
+            rows = sorted(
+                ((line, s) for line, s in same if _number(s) == newest), key=lambda x: x[0]
+            )
+            for line, s in rows:
+                keep.add((s.ref[0].name, s.ref[1]))
+                new_keys.add(("text", cap.rel, str(line)))
+            first[stem] = rows[0][1].caption if rows and rows[0][0] == 0 else None
+            report.unchanged += len(rows)
+            report.texts += len(rows)
+            bar.update()
+        else:
+            todo.append(cap)
+
+    def read(cap: MediaFile) -> tuple[MediaFile, list[str] | None, str | None]:
+        try:
+            return cap, read_captions(cap.path.read_bytes(), path=cap.rel), None
+        except MediaError as e:
+            return cap, None, e.reason
+        except OSError as e:
+            return cap, None, f"cannot read: {e.strerror}"
+
+    batch: list[_Item] = []
+    waiting = committer.waiting
+
+    def encode() -> None:
+        if batch:
+            vecs = committer.encoder.encode_texts([it.row["caption"] for it in batch])
+            for it, v in zip(batch, vecs, strict=True):
+                it.vector = v
+            report.encoded += len(batch)
+            batch.clear()
+
+    workers = opts.workers or default_workers()
+    for cap, lines, error in bounded_map(read, todo, workers=workers, window=4 * workers):
+        bar.update()
+        stem = os.path.splitext(cap.rel)[0]
+        if lines is None:
+            report.failed += 1
+            report.problems.append(Problem(display_path(cap.path), error or "cannot read"))
+            first[stem] = None
+            continue
+        first[stem] = lines[0] if lines else None
+        image = by_stem.get(stem)
+        for i, text in enumerate(lines):
+            sha = content_hash(text.encode())
+            key = ("text", cap.rel, str(i))
+            old = known.rows.get(key)
+            row = _row(
+                cap,
+                caption=text,
+                image_path=display_path(image.rel) if image else None,
+                line=i,
+                bytes=len(text.encode()),
+                content_hash=sha,
+            )
+            item = _Item(row)
+            hit = None if opts.full else known.vectors.get(sha)
+            if hit is not None:
+                item.ref = hit[0]
+                report.reused += 1
+            elif sha in waiting:
+                item.same_as = waiting[sha]
+                report.reused += 1
+            else:
+                waiting[sha] = item
+                batch.append(item)
+            if old is None:
+                report.indexed += 1
+            elif any(s.sha == sha for s in old):
+                report.unchanged += 1
+            else:
+                report.updated += 1
+            new_keys.add(key)
+            report.texts += 1
+            committer.add(item)
+            if len(batch) >= max(256, opts.batch_size):
+                encode()
+        if committer.due():
+            encode()
+            committer.commit(stats=stats())
+    encode()
+    return first
+
+
+def _shard_order(s: store.ShardInfo) -> tuple[int, int]:
+    order = {"image": 0, "text": 1, "audio": 2}
+    return order.get(s.modality, 9), store._shard_number(s.name)
+
+
+def _number(s: _Stored) -> int:
+    return store._shard_number(s.ref[0].name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
 
 
 @dataclass
@@ -161,180 +508,236 @@ class _Decoded:
     width: int = 0
     height: int = 0
     pixels: torch.Tensor | None = None
-    vector: np.ndarray | None = None
     error: str | None = None
-    state: str = "indexed"  # indexed | reused | unchanged
 
 
-def _image_rows(
+def _image_pass(
     scan: Scan,
-    encoder: Encoder,
     known: _Known,
-    options: IndexOptions,
+    opts: IndexOptions,
+    committer: _Committer,
+    keep: set[tuple[str, int]],
+    new_keys: set[tuple[str, ...]],
+    first_caption: dict[str, str | None],
     report: IndexReport,
-    on_item: Callable[[], None],
-) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    bar: Any,
+    stats: Callable[[], dict[str, Any]],
+) -> None:
+    encoder = committer.encoder
     target = encoder.spec.image_size
-
-    def work(f: MediaFile) -> _Decoded:
-        prev = known.rows.get(_row_key(f.rel, "image", None))
-        if (
-            not options.full
-            and _same_stat(prev, f)
-            and prev is not None
-            and prev["content_hash"] in known.vectors
-        ):
-            return _Decoded(
-                f,
-                prev["content_hash"],
-                prev["width"],
-                prev["height"],
-                vector=known.vectors[prev["content_hash"]],
-                state="unchanged",
+    todo: list[tuple[MediaFile, _Stored | None]] = []
+    for f in scan.images:
+        key = ("image", f.rel)
+        caption = first_caption.get(os.path.splitext(f.rel)[0])
+        stored = [] if opts.full else known.rows.get(key, [])
+        same = [s for s in stored if s.size == f.size and s.mtime_us == f.mtime_ns // 1000]
+        if same:
+            best = max(same, key=_number)  # a killed run may have left a newer copy
+            bar.update()
+            if best.caption == caption:
+                keep.add((best.ref[0].name, best.ref[1]))
+                new_keys.add(key)
+                report.unchanged += 1
+                report.images += 1
+                continue
+            # Same bytes, new sidecar caption: a new row, the stored vector.
+            item = _Item(
+                _row(
+                    f,
+                    caption=caption,
+                    width=best.width,
+                    height=best.height,
+                    content_hash=best.sha,
+                ),
+                ref=best.ref,
             )
+            committer.add(item)
+            new_keys.add(key)
+            report.updated += 1
+            report.reused += 1
+            report.images += 1
+            continue
+        todo.append((f, stored[0] if stored else None))
+
+    def work(job: tuple[MediaFile, _Stored | None]) -> _Decoded:
+        f = job[0]
         try:
             data = f.path.read_bytes()
         except OSError as e:
             return _Decoded(f, error=f"cannot read: {e.strerror}")
         sha = content_hash(data)
-        if not options.full and sha in known.vectors:
-            try:
-                dec = decode_image(data, path=f.rel, target_size=target)
-            except MediaError as e:
-                return _Decoded(f, error=e.reason)
-            return _Decoded(
-                f, sha, dec.width, dec.height, vector=known.vectors[sha], state="reused"
-            )
+        if not opts.full and sha in known.vectors:
+            return _Decoded(f, sha)  # known content: no decoding needed
         try:
             dec = decode_image(data, path=f.rel, target_size=target)
             pixels = encoder.preprocess(dec.image)
         except MediaError as e:
             return _Decoded(f, error=e.reason)
-        except (OSError, ValueError, RuntimeError) as e:
-            return _Decoded(f, error=f"cannot preprocess: {e}")
+        except (OSError, ValueError, RuntimeError, MemoryError) as e:
+            return _Decoded(f, error=f"cannot preprocess: {type(e).__name__}: {e}")
         return _Decoded(f, sha, dec.width, dec.height, pixels=pixels)
 
-    rows: list[dict[str, Any]] = []
-    vectors: list[np.ndarray] = []
-    batch: list[tuple[int, torch.Tensor]] = []
+    batch: list[tuple[_Item, torch.Tensor]] = []
+    waiting = committer.waiting
 
-    def flush() -> None:
+    def encode() -> None:
         if batch:
             out = encoder.encode_pixels(torch.stack([p for _, p in batch]))
-            for (slot, _), v in zip(batch, out, strict=True):
-                vectors[slot] = v
+            for (it, _), v in zip(batch, out, strict=True):
+                it.vector = v
+            report.encoded += len(batch)
             batch.clear()
+            store.kill_point("encoded-batch")
 
-    workers = options.workers or os.cpu_count() or 1
-    window = max(2 * options.batch_size, 4 * workers)
-    for d in bounded_map(work, scan.images, workers=workers, window=window):
-        on_item()
+    workers = opts.workers or default_workers()
+    window = max(2 * opts.batch_size, 4 * workers)
+    for (_, old), d in zip(
+        todo, bounded_map(work, todo, workers=workers, window=window), strict=True
+    ):
+        bar.update()
+        f = d.file
         if d.error is not None:
             report.failed += 1
-            report.problems.append(Problem(display_path(d.file.path), d.error))
+            report.problems.append(Problem(display_path(f.path), d.error))
             continue
-        rows.append(
-            {
-                "path": d.file.rel,
-                "modality": "image",
-                "caption": None,
-                "image_path": None,
-                "line": None,
-                "width": d.width,
-                "height": d.height,
-                "bytes": d.file.size,
-                "mtime": d.file.mtime_ns,
-                "content_hash": d.sha,
-            }
-        )
-        setattr(report, d.state, getattr(report, d.state) + 1)
-        if d.pixels is not None:
-            vectors.append(np.empty(0, np.float32))
-            batch.append((len(vectors) - 1, d.pixels))
-            if len(batch) >= options.batch_size:
-                flush()
-        else:
-            assert d.vector is not None  # set for unchanged and reused items
-            vectors.append(d.vector)
-    flush()
-    return rows, vectors
-
-
-def _text_rows(
-    scan: Scan, encoder: Encoder, known: _Known, options: IndexOptions, report: IndexReport
-) -> tuple[list[dict[str, Any]], list[np.ndarray], dict[str, str]]:
-    rows: list[dict[str, Any]] = []
-    first_caption: dict[str, str] = {}
-    for cap_file, image in iter_sidecar_pairs(scan):
-        try:
-            lines = read_captions(cap_file.path.read_bytes(), path=cap_file.rel)
-        except MediaError as e:
-            report.failed += 1
-            report.problems.append(Problem(display_path(cap_file.path), e.reason))
-            continue
-        except OSError as e:
-            report.failed += 1
-            report.problems.append(
-                Problem(display_path(cap_file.path), f"cannot read: {e.strerror}")
-            )
-            continue
-        if image is not None and lines:
-            first_caption[image.rel] = lines[0]
-        for i, text in enumerate(lines):
-            rows.append(
-                {
-                    "path": cap_file.rel,
-                    "modality": "text",
-                    "caption": text,
-                    "image_path": image.rel if image else None,
-                    "line": i,
-                    "width": None,
-                    "height": None,
-                    "bytes": len(text.encode()),
-                    "mtime": cap_file.mtime_ns,
-                    "content_hash": content_hash(text.encode()),
-                }
-            )
-    vectors: list[np.ndarray] = [np.empty(0, np.float32)] * len(rows)
-    todo: list[int] = []
-    for i, r in enumerate(rows):
-        prev = known.rows.get(_row_key(r["path"], "text", r["line"]))
-        vec = None if options.full else known.vectors.get(r["content_hash"])
-        if vec is None:
-            todo.append(i)
-            report.indexed += 1
-            continue
-        vectors[i] = vec
-        same = prev is not None and prev["content_hash"] == r["content_hash"]
-        if same:
-            report.unchanged += 1
-        else:
+        caption = first_caption.get(os.path.splitext(f.rel)[0])
+        hit = None if opts.full else known.vectors.get(d.sha)
+        if d.pixels is None and hit is None:  # pragma: no cover - decided in the worker
+            raise RuntimeError(f"{f.rel}: no pixels and no stored vector")
+        item = _Item(_row(f, caption=caption, content_hash=d.sha))
+        if hit is not None:
+            item.ref, w, h = hit
+            item.row.update(width=w, height=h)
             report.reused += 1
-    if todo:
-        encoded = encoder.encode_texts([rows[i]["caption"] for i in todo])
-        for i, v in zip(todo, encoded, strict=True):
-            vectors[i] = v
-    return rows, vectors, first_caption
-
-
-def _table(rows: list[dict[str, Any]]) -> pa.Table:
-    cols = {name: [r.get(name) for r in rows] for name in store.METADATA_SCHEMA.names}
-    cols["shard"] = [""] * len(rows)
-    cols["row"] = [0] * len(rows)
-    arrays = []
-    for fld in store.METADATA_SCHEMA:
-        if fld.name == "mtime":
-            micros = [None if t is None else t // 1000 for t in cols["mtime"]]
-            arrays.append(pa.array(micros, pa.int64()).cast(fld.type))
+        elif d.sha in waiting:
+            item.same_as = waiting[d.sha]
+            item.row.update(width=d.width, height=d.height)
+            report.reused += 1
         else:
-            arrays.append(pa.array(cols[fld.name], fld.type))
-    return pa.Table.from_arrays(arrays, schema=store.METADATA_SCHEMA)
+            assert d.pixels is not None
+            item.row.update(width=d.width, height=d.height)
+            waiting[d.sha] = item
+            batch.append((item, d.pixels))
+            if len(batch) >= opts.batch_size:
+                encode()
+        committer.add(item)
+        new_keys.add(("image", f.rel))
+        report.images += 1
+        if old is None:
+            report.indexed += 1
+        else:
+            report.updated += 1
+        if committer.due():
+            encode()
+            committer.commit(stats=stats())
+    encode()
 
 
-def _stack(vectors: list[np.ndarray], dim: int) -> Vectors:
-    if not vectors:
-        return np.empty((0, dim), np.float32)
-    return np.ascontiguousarray(np.stack(vectors).astype(np.float32, copy=False))
+# ---------------------------------------------------------------------------------------------
+# The final generation: drop stale rows, merge small shards
+
+
+def _finish(
+    committer: _Committer,
+    known: _Known,
+    keep: set[tuple[str, int]],
+    *,
+    stats: dict[str, Any],
+) -> bool:
+    """Land the final generation; False when there was nothing to do."""
+    opts = committer.opts
+    writer = committer.writer
+    delta_names = {s.name for s in committer.deltas}
+
+    def stale_rows(info: store.ShardInfo) -> bool:
+        return info.name not in delta_names and any(
+            (info.name, r) not in keep for r in range(info.rows)
+        )
+
+    groups: dict[tuple[str, Any], list[store.ShardInfo]] = defaultdict(list)
+    for s in committer.shards:
+        groups[(s.modality, s.partition.get("value"))].append(s)
+    rework: list[store.ShardInfo] = []
+    for members in groups.values():
+        small = [
+            s
+            for s in members
+            if s.rows < min(COMPACT_ROWS, opts.max_rows_per_shard) or s.name in delta_names
+        ]
+        for s in members:
+            if (
+                (s.name not in delta_names and stale_rows(s))
+                or s.partition.get("key") != opts.shard_by
+                or (s in small and len(small) > 1)
+                or (s.name in delta_names and opts.index_type is not None)
+            ):
+                rework.append(s)
+    if not rework:
+        return False  # the deltas already committed are the final shards
+    rework_names = {s.name for s in rework}
+    final = [s for s in committer.shards if s.name not in rework_names]
+    buffers: dict[tuple[Modality, Any], tuple[list[Vectors], list[pa.Table]]] = defaultdict(
+        lambda: ([], [])
+    )
+
+    def flush(gk: tuple[Modality, Any], *, force: bool) -> None:
+        vecs, metas = buffers[gk]
+        n = sum(len(v) for v in vecs)
+        cap = opts.max_rows_per_shard
+        take = n if force else (n // cap) * cap  # only full shards until the last flush
+        if take == 0:
+            return
+        allv = np.concatenate(vecs)
+        allm = pa.concat_tables(metas)
+        payload = store.ShardPayload(
+            gk[0],
+            np.ascontiguousarray(allv[:take]),
+            allm.slice(0, take),
+            {"key": opts.shard_by, "value": gk[1]},
+        )
+        final.extend(writer.write_shard(payload, max_rows=cap, index_type=opts.index_type))
+        store.kill_point("merged-shard")
+        buffers[gk] = ([allv[take:]], [allm.slice(take)]) if take < n else ([], [])
+
+    for info in rework:
+        shard = store.load_shard(writer.dir, info)
+        if info.name in delta_names:
+            rows = np.arange(info.rows)
+        else:
+            rows = np.array([r for r in range(info.rows) if (info.name, r) in keep], np.int64)
+        if len(rows) == 0:
+            continue
+        vecs = ann.reconstruct_vectors(shard.index, rows)
+        meta = shard.metadata.take(pa.array(rows))
+        values = (
+            [None] * len(rows)
+            if opts.shard_by == "none"
+            else meta.column(opts.shard_by).to_pylist()
+        )
+        by_value: dict[Any, list[int]] = defaultdict(list)
+        for i, v in enumerate(values):
+            by_value[v].append(i)
+        for v, idx in by_value.items():
+            gk = (info.modality, v)
+            buffers[gk][0].append(vecs[idx])
+            buffers[gk][1].append(meta.take(pa.array(idx)))
+            flush(gk, force=False)
+    for gk in list(buffers):
+        flush(gk, force=True)
+    final.sort(key=_shard_order)
+    writer.commit(
+        final,
+        root=committer.root,
+        model=committer.encoder.spec.to_dict(),
+        dim=committer.encoder.dim,
+        stats=stats,
+    )
+    committer.report.commits += 1
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry point
 
 
 def index_folder(
@@ -344,71 +747,74 @@ def index_folder(
     encoder: Encoder,
     options: IndexOptions | None = None,
 ) -> IndexReport:
-    """Index every image and caption under `folder` into `index_dir` (a new generation)."""
+    """Index every image and caption under `folder` into `index_dir`, committing in batches."""
     opts = options or IndexOptions()
+    if opts.shard_by is not None and opts.shard_by not in store.PARTITION_KEYS:
+        raise InputError(
+            f"unknown --shard-by {opts.shard_by!r}: use one of {', '.join(store.PARTITION_KEYS)}"
+        )
+    if opts.max_rows_per_shard <= 0 or opts.commit_every <= 0 or opts.batch_size <= 0:
+        raise InputError("max rows per shard, commit size and batch size must be positive")
     started = time.perf_counter()
     scan = scan_folder(folder)
     if not scan.images and not scan.captions:
         raise FolderError(
-            f"nothing to index in {scan.root}: no images ({', '.join(sorted(_exts()))}) "
+            f"nothing to index in {scan.root}: no images ({', '.join(sorted(IMAGE_EXTS))}) "
             "and no .txt captions found"
         )
+    if opts.torch_threads:
+        torch.set_num_threads(opts.torch_threads)
     out = Path(index_dir).expanduser()
     report = IndexReport(index=str(out), problems=list(scan.problems))
+    report.failed = len(scan.problems)
     with store.lock_index(out):
-        known, previous = _previous(out, encoder) if not opts.full else (_Known({}, {}), None)
-        bar = _progress(len(scan.images), enabled=opts.progress)
+        writer = store.Writer(out)
+        previous = writer.manifest
+        if opts.shard_by is None:
+            keys = [s.partition.get("key", "none") for s in previous.shards] if previous else []
+            opts = replace(opts, shard_by=keys[0] if keys and not opts.full else "none")
+        known = _Known()
+        if previous is not None and not opts.full:
+            _check_model(out, previous, encoder)
+            known = _read_known(out, previous)
+        base = [] if (opts.full or previous is None) else list(previous.shards)
+        committer = _Committer(
+            writer,
+            base,
+            root=str(scan.root),
+            encoder=encoder,
+            options=opts,
+            known=known,
+            report=report,
+        )
+
+        def stats() -> dict[str, Any]:
+            report.seconds = time.perf_counter() - started
+            return {"last_run": report.to_dict() | {"problems": len(report.problems)}}
+
+        keep: set[tuple[str, int]] = set()
+        new_keys: set[tuple[str, ...]] = set()
+        bar = _progress(len(scan.images) + len(scan.captions), enabled=opts.progress)
         try:
-            img_rows, img_vecs = _image_rows(scan, encoder, known, opts, report, bar.update)
+            first = _caption_pass(scan, known, opts, committer, keep, new_keys, report, bar, stats)
+            bar.update(0)
+            _image_pass(scan, known, opts, committer, keep, new_keys, first, report, bar, stats)
         finally:
             bar.close()
-        txt_rows, txt_vecs, first_caption = _text_rows(scan, encoder, known, opts, report)
-        for r in img_rows:
-            r["caption"] = first_caption.get(r["path"])
-        present = {_row_key(r["path"], r["modality"], r["line"]) for r in img_rows + txt_rows}
-        report.removed = sum(1 for key in known.rows if key not in present)
-        report.images, report.texts = len(img_rows), len(txt_rows)
-        if not img_rows and not txt_rows:
+        report.removed = sum(1 for key in known.rows if key not in new_keys)
+        if not report.images and not report.texts:
             raise FolderError(
                 f"nothing could be indexed in {scan.root}: all {report.failed} files failed "
                 f"(first: {report.problems[0].path}: {report.problems[0].reason})"
                 if report.problems
                 else f"nothing could be indexed in {scan.root}"
             )
-        if (
-            previous is not None
-            and report.unchanged == len(img_rows) + len(txt_rows)
-            and not report.removed
-        ):
-            # Nothing changed: keep the current generation rather than rewrite identical shards.
-            report.generation = previous.generation
-            report.seconds = time.perf_counter() - started
-            return report
-        dim = encoder.dim
-        payloads = [
-            store.ShardPayload("image", _stack(img_vecs, dim), _table(img_rows)),
-            store.ShardPayload("text", _stack(txt_vecs, dim), _table(txt_rows)),
-        ]
-        report.seconds = time.perf_counter() - started
-        manifest = store.write_generation(
-            out,
-            root=str(scan.root),
-            model=encoder.spec.to_dict(),
-            dim=dim,
-            payloads=[p for p in payloads if len(p.vectors)],
-            stats={"last_run": report.to_dict() | {"problems": len(report.problems)}},
-            max_rows_per_shard=opts.max_rows_per_shard,
-            index_type=opts.index_type,
-        )
-    report.generation = manifest.generation
+        committer.commit(stats=stats())
+        landed = _finish(committer, known, keep, stats=stats())
+        del landed
+        report.generation = writer.manifest.generation if writer.manifest else 0
     report.seconds = time.perf_counter() - started
     return report
-
-
-def _exts() -> set[str]:
-    from xretrieve.media import IMAGE_EXTS
-
-    return set(IMAGE_EXTS)
 
 
 class _NoBar:
@@ -426,4 +832,4 @@ def _progress(total: int, *, enabled: bool) -> Any:
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="img", desc="indexing", dynamic_ncols=True)
+    return tqdm(total=total, unit="file", desc="indexing", dynamic_ncols=True, smoothing=0.1)

@@ -48,6 +48,21 @@ def index_cmd(
         ),
     ] = None,
     max_rows: Annotated[int, typer.Option(help="Maximum rows per shard.")] = 1_000_000,
+    shard_by: Annotated[
+        str | None,
+        typer.Option(
+            help="Partition shards by a metadata column: none, folder (top-level folder) "
+            "or year (of mtime); searches filtering on it skip whole shards. "
+            "Default: the index's current key (none for a new index)."
+        ),
+    ] = None,
+    commit_every: Annotated[
+        int,
+        typer.Option(help="Items between two commits (a killed run resumes from the last)."),
+    ] = 4096,
+    torch_threads: Annotated[
+        int | None, typer.Option(help="Encoder threads (default: torch's own choice).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -68,7 +83,10 @@ def index_cmd(
             max_rows_per_shard=max_rows,
             index_type=index_type,
             full=full,
-            progress=not quiet,
+            progress=not quiet and not as_json,
+            shard_by=shard_by,
+            commit_every=commit_every,
+            torch_threads=torch_threads,
         )
         report = index_folder(folder, index, encoder=enc, options=opts)
     except XRetrieveError as e:
@@ -84,9 +102,19 @@ def index_cmd(
     t.add_column("what")
     t.add_column("count", justify="right")
     d = report.to_dict()
-    for key in ("images", "texts", "indexed", "reused", "unchanged", "removed", "failed"):
+    for key in (
+        "indexed",
+        "updated",
+        "unchanged",
+        "removed",
+        "failed",
+        "encoded",
+        "reused",
+        "images",
+        "texts",
+    ):
         t.add_row(key, str(d[key]))
-    t.add_row("seconds", f"{report.seconds:.1f}")
+    t.add_row("duration (s)", f"{report.seconds:.1f}")
     t.add_row("items/s", f"{report.items_per_s:.1f}")
     out.print(t)
     for p in report.problems:
