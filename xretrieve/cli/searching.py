@@ -1,4 +1,4 @@
-"""CLI: search an index (text or image query) and caption an image."""
+"""CLI: search an index (text, image or composed query; hybrid, filtered) and caption an image."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
 from xretrieve.cli._app import (
     DEFAULT_INDEX,
@@ -17,24 +18,99 @@ from xretrieve.cli._app import (
     ModelOpt,
     PretrainedOpt,
     app,
+    err,
     fail,
     hits_table,
     out,
     print_json,
     register,
 )
-from xretrieve.errors import XRetrieveError
+from xretrieve.errors import InputError, XRetrieveError
+
+WhereOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--where",
+        help="SQL boolean expression over the metadata columns, applied before ranking, "
+        "e.g. \"width >= 1024 AND path LIKE '%2024%'\".",
+    ),
+]
+DedupOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--dedup", help="Drop results whose cosine to a better one is >= this (e.g. 0.97)."
+    ),
+]
+ExplainOpt = Annotated[
+    bool, typer.Option("--explain", help="Print per-stage timings (ms) to stderr.")
+]
+
+
+def _floats(text: str | None, what: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise InputError(f"{what} must be comma-separated numbers, got {text!r}") from e
+
+
+def _term(value: str) -> Any:
+    # A --not value naming an existing file is an image; anything else is text.
+    p = Path(value).expanduser()
+    return p if p.is_file() else value
 
 
 @app.command("search")
 def search_cmd(
     query: Annotated[str | None, typer.Argument(help="Text query.")] = None,
+    text: Annotated[
+        list[str] | None, typer.Option("--text", help="More text terms (repeatable).")
+    ] = None,
     image: Annotated[
-        Path | None, typer.Option("--image", help="Image query (image -> image).")
+        list[Path] | None, typer.Option("--image", help="Image terms (repeatable).")
+    ] = None,
+    negative: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--not", help="Term to steer away from: text, or an image file path (repeatable)."
+        ),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            "--weights",
+            help="Comma-separated weights of the positive terms in order: QUERY, --text..., "
+            "--image... (default 1 each).",
+        ),
+    ] = None,
+    not_weights: Annotated[
+        str | None,
+        typer.Option("--not-weights", help="Comma-separated weights of the --not terms (0.5)."),
     ] = None,
     index: IndexOpt = DEFAULT_INDEX,
     k: Annotated[int, typer.Option("-k", "--k", help="Number of results.")] = 10,
     modality: Annotated[str, typer.Option(help="What to return: image or text.")] = "image",
+    where: WhereOpt = None,
+    hybrid: Annotated[
+        bool, typer.Option("--hybrid", help="Fuse with BM25 over captions and path words.")
+    ] = False,
+    fusion: Annotated[str, typer.Option(help="Hybrid fusion: rrf or convex.")] = "rrf",
+    rrf_k: Annotated[int, typer.Option("--rrf-k", help="RRF constant: 1/(k + rank).")] = 60,
+    alpha: Annotated[
+        float, typer.Option(help="Convex fusion weight of the dense score (0..1).")
+    ] = 0.5,
+    rerank: Annotated[
+        bool, typer.Option("--rerank", help="Re-score candidates exactly with stored vectors.")
+    ] = False,
+    oversample: Annotated[
+        int, typer.Option(help="Candidate pool = k * oversample (hybrid, rerank, MMR, dedup).")
+    ] = 4,
+    mmr: Annotated[
+        float | None,
+        typer.Option("--mmr", help="MMR diversity: lambda in 0..1 (1 = pure relevance)."),
+    ] = None,
+    dedup: DedupOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     model_config: ModelConfigOpt = None,
@@ -43,23 +119,60 @@ def search_cmd(
     paths: Annotated[
         bool, typer.Option("--paths", help="Print only absolute paths, one a line.")
     ] = False,
+    explain: ExplainOpt = False,
 ) -> None:
-    """Search the index with words (text -> image) or with --image (image -> image)."""
+    """Search with words, images or a weighted mix (QUERY, --text, --image, --not).
+
+    The query vector is normalise(sum w_i * term_i - sum v_j * not_j) over unit embeddings.
+    """
     from xretrieve.errors import EmptyQueryError
     from xretrieve.query import open_index
 
     try:
         register(model_config)
-        if query is None and image is None:
-            raise EmptyQueryError("nothing to search for: give a text query or --image PATH")
+        positive: list[Any] = ([query] if query is not None else []) + list(text or [])
+        positive += list(image or [])
+        negatives = [_term(v) for v in negative or []]
+        if not positive:
+            raise EmptyQueryError(
+                "only --not terms: give something to search for as well"
+                if negatives
+                else "nothing to search for: give a text query, --text or --image PATH"
+            )
         idx = open_index(index, model=model, pretrained=pretrained, device=device)
-        hits = idx.search(query, image=image, k=k, modality=modality)  # type: ignore[arg-type]
+        hits = idx.search(
+            positive,
+            weights=_floats(weights, "--weights"),
+            negative=negatives,
+            negative_weights=_floats(not_weights, "--not-weights"),
+            k=k,
+            modality=modality,  # type: ignore[arg-type]
+            where=where,
+            hybrid=hybrid,
+            fusion=fusion,  # type: ignore[arg-type]
+            rrf_k=rrf_k,
+            alpha=alpha,
+            rerank=rerank,
+            oversample=oversample,
+            mmr=mmr,
+            dedup=dedup,
+        )
     except XRetrieveError as e:
         fail(e)
-    _show(hits, as_json=as_json, paths=paths, title=f"{query or image} ({len(hits)} hits)")
+    title = " + ".join(str(t) for t in positive)
+    _show(hits, as_json=as_json, paths=paths, title=f"{title} ({len(hits)} hits)", explain=explain)
 
 
-def _show(hits: Any, *, as_json: bool, paths: bool, title: str) -> None:
+def _timings_table(timings: dict[str, float]) -> Table:
+    t = Table(title="timings", title_justify="left")
+    t.add_column("stage")
+    t.add_column("ms", justify="right")
+    for stage, ms in timings.items():
+        t.add_row(stage, f"{ms:.2f}")
+    return t
+
+
+def _show(hits: Any, *, as_json: bool, paths: bool, title: str, explain: bool = False) -> None:
     if paths:
         for h in hits:
             sys.stdout.write(f"{h.abs_path}\n")
@@ -67,6 +180,8 @@ def _show(hits: Any, *, as_json: bool, paths: bool, title: str) -> None:
         print_json(hits.to_dicts())
     else:
         out.print(hits_table(hits, title))
+    if explain:
+        err.print(_timings_table(hits.timings))
 
 
 @app.command("caption")
@@ -74,19 +189,22 @@ def caption_cmd(
     image: Annotated[Path, typer.Argument(help="Image to describe.")],
     index: IndexOpt = DEFAULT_INDEX,
     k: Annotated[int, typer.Option("-k", "--k", help="Number of captions.")] = 5,
+    where: WhereOpt = None,
+    dedup: DedupOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     model_config: ModelConfigOpt = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
+    explain: ExplainOpt = False,
 ) -> None:
-    """Find the indexed captions nearest to IMAGE (image -> text)."""
+    """Find the indexed captions (sidecars and caption corpora) nearest to IMAGE."""
     from xretrieve.query import open_index
 
     try:
         register(model_config)
         idx = open_index(index, model=model, pretrained=pretrained, device=device)
-        hits = idx.caption(image, k=k)
+        hits = idx.caption(image, k=k, where=where, dedup=dedup)
     except XRetrieveError as e:
         fail(e)
-    _show(hits, as_json=as_json, paths=False, title=f"captions for {image}")
+    _show(hits, as_json=as_json, paths=False, title=f"captions for {image}", explain=explain)

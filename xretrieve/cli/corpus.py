@@ -1,0 +1,86 @@
+"""CLI: add a caption corpus (text, JSON Lines or Parquet) to an index."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from xretrieve.cli._app import (
+    DEFAULT_INDEX,
+    DeviceOpt,
+    IndexOpt,
+    JsonOpt,
+    ModelConfigOpt,
+    ModelOpt,
+    PretrainedOpt,
+    app,
+    fail,
+    out,
+    print_json,
+    register,
+)
+from xretrieve.errors import XRetrieveError
+
+
+@app.command("add-captions")
+def add_captions_cmd(
+    corpus: Annotated[
+        Path,
+        typer.Argument(
+            help="Caption file: .txt (one caption a line), .jsonl or .parquet (see --column)."
+        ),
+    ],
+    index: IndexOpt = DEFAULT_INDEX,
+    column: Annotated[
+        str, typer.Option(help="JSON field / Parquet column holding the caption.")
+    ] = "caption",
+    batch_size: Annotated[int, typer.Option(help="Captions encoded per batch.")] = 4096,
+    max_rows: Annotated[int, typer.Option(help="Maximum rows per shard.")] = 1_000_000,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    model_config: ModelConfigOpt = None,
+    device: DeviceOpt = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Index the captions of CORPUS as text items, for `xretrieve caption` lookups.
+
+    Blank lines are skipped; adding the same file again replaces its earlier captions.
+    """
+    from tqdm import tqdm
+
+    from xretrieve.corpus import add_captions
+    from xretrieve.encoders import load_encoder
+    from xretrieve.store import read_manifest
+
+    try:
+        register(model_config)
+        if model is None:
+            built = read_manifest(index).model
+            model, pretrained = built["name"], built.get("pretrained")
+        enc = load_encoder(model, pretrained=pretrained, device=device)
+        with tqdm(
+            unit="captions", disable=quiet or as_json or not sys.stderr.isatty(), leave=False
+        ) as bar:
+            report = add_captions(
+                index,
+                corpus,
+                encoder=enc,
+                column=column,
+                batch_size=batch_size,
+                max_rows_per_shard=max_rows,
+                progress=bar.update,
+            )
+    except XRetrieveError as e:
+        fail(e)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    t = Table(title=f"{corpus} -> {index} (generation {report.generation})", show_header=False)
+    for key, value in report.to_dict().items():
+        t.add_row(key, f"{value:.2f}" if isinstance(value, float) else str(value))
+    out.print(t)
