@@ -9,6 +9,10 @@ with one clear line when weights cannot be had:
 - a model folder (``/path/dir`` or ``local-dir:/path/dir``) holding ``open_clip_config.json``
   and weights, which is what ``xretrieve train`` writes;
 - a name with ``pretrained=None``: random initialisation (engine tests only).
+
+A model folder may also carry an audio tower (``audio_config.json`` + weights, written by
+``xretrieve train-audio``, see `xretrieve.audio_model`); it is loaded beside open_clip's two
+towers, recorded in `ModelSpec.towers`, and used by `Encoder.encode_audio`.
 """
 
 from __future__ import annotations
@@ -18,20 +22,25 @@ import json
 import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from PIL import Image
 
 from xretrieve.errors import InputError, ModelError, ModelUnavailableError
 from xretrieve.types import Vectors
 
+if TYPE_CHECKING:
+    from xretrieve.audio_model import AudioTower
+
 __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_PRETRAINED",
+    "AudioItem",
     "Encoder",
     "ModelSpec",
     "list_models",
@@ -45,6 +54,9 @@ DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 _BUILTIN_CONFIGS = Path(__file__).parent / "model_configs"
 _HUB_HOST = "huggingface.co"
 _registered = False
+#: What `Encoder.encode_audio` takes: a file path, the file's bytes, or (samples, sample_rate)
+#: with samples shaped (frames,) or (frames, channels).
+AudioItem = str | os.PathLike[str] | bytes | tuple[npt.ArrayLike, int]
 
 
 def _ensure_registered() -> None:
@@ -105,13 +117,24 @@ class ModelSpec:
     dim: int
     image_size: int
     context_length: int
+    #: The towers the model has; an audio tower comes from `xretrieve train-audio`.
+    towers: tuple[str, ...] = ("image", "text")
+    #: Fingerprint of the audio tower's weights, kept apart from `fingerprint` (image + text) so
+    #: that adding or retraining an audio tower leaves image and text vectors valid.
+    audio_fingerprint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["towers"] = list(self.towers)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        optional = {"towers", "audio_fingerprint"}
+        kw = {k: d[k] for k in cls.__dataclass_fields__ if k not in optional or k in d}
+        if "towers" in kw:
+            kw["towers"] = tuple(kw["towers"])
+        return cls(**kw)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -228,6 +251,7 @@ class Encoder:
         *,
         device: torch.device,
         batch_size: int = 32,
+        audio_tower: AudioTower | None = None,
     ) -> None:
         self.model = model
         self.preprocess = preprocess
@@ -235,10 +259,16 @@ class Encoder:
         self.spec = spec
         self.device = device
         self.batch_size = batch_size
+        self.audio_tower = audio_tower
 
     @property
     def dim(self) -> int:
         return self.spec.dim
+
+    @property
+    def audio_sample_rate(self) -> int:
+        """The rate the audio tower reads; decode with ``decode_audio(p, sample_rate=this)``."""
+        return self._require_audio().cfg.mel.sample_rate
 
     def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Apply the model's own inference transform and stack into one batch tensor."""
@@ -267,6 +297,60 @@ class Encoder:
             for sl in _batches(len(texts), max(self.batch_size, 256)):
                 tokens = self.tokenizer(list(texts[sl])).to(self.device)
                 out[sl] = self.model.encode_text(tokens, normalize=True).float().cpu().numpy()  # type: ignore[operator]
+        return out
+
+    def _require_audio(self) -> AudioTower:
+        if self.audio_tower is None:
+            raise ModelError(
+                f"model {self.spec.name} has no audio tower: train one into its folder with "
+                "`xretrieve train-audio MODEL_DIR DATA_DIR`"
+            )
+        return self.audio_tower
+
+    def encode_waveforms(self, waveforms: Sequence[npt.NDArray[np.float32]]) -> Vectors:
+        """Embed mono waveforms already at `audio_sample_rate`; long ones window by window.
+
+        A clip longer than the tower's window is cut into evenly spread windows that cover it;
+        its vector is the normalised mean of the windows' vectors.
+        """
+        from xretrieve.audio import windows
+
+        tower = self._require_audio()
+        size = tower.cfg.mel.window_samples
+        out = np.empty((len(waveforms), self.dim), dtype=np.float32)
+        if not len(waveforms):
+            return out
+        cut = [windows(w, size) for w in waveforms]
+        owner = np.repeat(np.arange(len(cut)), [len(c) for c in cut])
+        stacked = torch.from_numpy(np.concatenate(cut))
+        emb = np.empty((len(stacked), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for sl in _batches(len(stacked), self.batch_size):
+                emb[sl] = tower(stacked[sl].to(self.device)).float().cpu().numpy()
+        sums = np.zeros_like(out)
+        np.add.at(sums, owner, emb)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        out[:] = sums / np.maximum(norms, 1e-12)
+        return out
+
+    def encode_audio(self, items: Sequence[AudioItem]) -> Vectors:
+        """Embed sounds (paths, file bytes, or (samples, rate) pairs) into unit vectors.
+
+        Files that cannot be decoded, or are silent or too short, raise `MediaError`.
+        """
+        from xretrieve.audio import decode_audio, prepare_waveform
+
+        rate = self.audio_sample_rate
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        for sl in _batches(len(items), self.batch_size):
+            waves = []
+            for item in items[sl]:
+                if isinstance(item, tuple):
+                    samples, sr = item
+                    waves.append(prepare_waveform(samples, int(sr), sample_rate=rate))
+                else:
+                    waves.append(decode_audio(item, sample_rate=rate).waveform)
+            out[sl] = self.encode_waveforms(waves)
         return out
 
 
@@ -305,7 +389,19 @@ def load_encoder(
         image_size=_as_int_size(cfg["vision_cfg"].get("image_size", 224)),
         context_length=int(cfg.get("text_cfg", {}).get("context_length", 77)),
     )
-    return Encoder(net, preprocess, tokenizer, spec, device=dev, batch_size=batch_size)
+    audio_tower = None
+    if name.startswith("local-dir:"):
+        from xretrieve.audio_model import has_audio_tower, load_audio_tower
+
+        folder = name[len("local-dir:") :]
+        if has_audio_tower(folder):
+            audio_tower, audio_fp = load_audio_tower(
+                folder, base_fingerprint=spec.fingerprint, device=dev
+            )
+            spec = replace(spec, towers=(*spec.towers, "audio"), audio_fingerprint=audio_fp)
+    return Encoder(
+        net, preprocess, tokenizer, spec, device=dev, batch_size=batch_size, audio_tower=audio_tower
+    )
 
 
 def _as_int_size(size: int | Sequence[int]) -> int:

@@ -1,0 +1,111 @@
+"""Audio retrieval evaluation on a world with sound: R@K four ways, chance beside each.
+
+Directions, all on one split with set-of-concepts relevance (see `xretrieve.evaluate`):
+audio->image, image->audio (each sound against every image), text->audio and audio->text
+(every caption against every sound).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from xretrieve.errors import FolderError, InputError
+from xretrieve.evaluate import (
+    DEFAULT_KS,
+    _load_images,
+    chance_recall_at_k,
+    recall_at_k,
+    relevance_matrix,
+)
+from xretrieve.world import concept_key, load_labels
+
+if TYPE_CHECKING:
+    from xretrieve.encoders import Encoder
+
+__all__ = ["DIRECTIONS", "AudioEvalReport", "evaluate_audio"]
+
+DIRECTIONS = ("audio->image", "image->audio", "text->audio", "audio->text")
+
+
+@dataclass(frozen=True)
+class AudioEvalReport:
+    """Recall@K per direction on one split, with the chance level of each."""
+
+    split: str
+    n_sounds: int
+    n_captions: int
+    recall: dict[str, dict[int, float]]
+    chance: dict[str, dict[int, float]]
+    model: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        def keyed(d: dict[int, float]) -> dict[str, float]:
+            return {f"R@{k}": round(v, 4) for k, v in d.items()}
+
+        return {
+            "split": self.split,
+            "model": self.model,
+            "n_sounds": self.n_sounds,
+            "n_captions": self.n_captions,
+            "recall": {d: keyed(r) for d, r in self.recall.items()},
+            "chance": {d: keyed(r) for d, r in self.chance.items()},
+        }
+
+    def format_table(self) -> str:
+        ks = list(next(iter(self.recall.values())))
+        head = f"{'direction':<14}" + "".join(f"{'R@' + str(k):>8}{'chance':>9}" for k in ks)
+        lines = [f"split={self.split} sounds={self.n_sounds} captions={self.n_captions}", head]
+        for name in self.recall:
+            got, chance = self.recall[name], self.chance[name]
+            cells = "".join(f"{got[k]:>8.3f}{chance[k]:>9.4f}" for k in ks)
+            lines.append(f"{name:<14}{cells}")
+        return "\n".join(lines)
+
+
+def evaluate_audio(
+    encoder: Encoder,
+    world_dir: str | os.PathLike[str],
+    *,
+    split: str = "test",
+    ks: Sequence[int] = DEFAULT_KS,
+) -> AudioEvalReport:
+    """Recall@K of `encoder` on the sounds of one split of a world (see `add_audio_to_world`)."""
+    root = Path(world_dir)
+    labels = [lab for lab in load_labels(root).values() if lab.split == split]
+    if not labels:
+        raise InputError(f"world {root} has no items in split {split!r}")
+    sounds = [(root / lab.path).with_suffix(".wav") for lab in labels]
+    missing = [s for s in sounds if not s.is_file()]
+    if missing:
+        raise FolderError(
+            f"{len(missing)} image(s) of {root} have no sound (e.g. {missing[0]}): "
+            "run `xretrieve make-world-audio` on the world first"
+        )
+    keys = [concept_key(lab) for lab in labels]
+    captions = [c for lab in labels for c in lab.captions]
+    caption_keys = [concept_key(lab) for lab in labels for _ in lab.captions]
+    aud = encoder.encode_audio(sounds)
+    img = encoder.encode_images(_load_images([root / lab.path for lab in labels]))
+    txt = encoder.encode_texts(captions)
+    sim_ai = aud @ img.T
+    rel_ai = relevance_matrix(keys, keys)
+    sim_ta = txt @ aud.T
+    rel_ta = relevance_matrix(caption_keys, keys)
+    pairs = {
+        "audio->image": (sim_ai, rel_ai),
+        "image->audio": (sim_ai.T, rel_ai.T),
+        "text->audio": (sim_ta, rel_ta),
+        "audio->text": (sim_ta.T, rel_ta.T),
+    }
+    return AudioEvalReport(
+        split=split,
+        n_sounds=len(labels),
+        n_captions=len(captions),
+        recall={d: recall_at_k(s, r, ks) for d, (s, r) in pairs.items()},
+        chance={d: chance_recall_at_k(r, ks) for d, (s, r) in pairs.items()},
+        model=encoder.spec.name,
+    )
