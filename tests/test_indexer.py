@@ -160,3 +160,86 @@ def test_bounded_map_keeps_order_and_window() -> None:
 
     assert list(bounded_map(slow, range(50), workers=4, window=6)) == [i * i for i in range(50)]
     assert peak <= 6
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height: a decompression bomb in a few bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_every_bad_file_kind_is_reported_and_counted(
+    media_dir: Path, tiny_encoder: Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = len(list(media_dir.glob("*.png")))
+    first = sorted(media_dir.glob("*.png"))[0]
+    data = first.read_bytes()
+    (media_dir / "zero.png").write_bytes(b"")
+    (media_dir / "truncated.png").write_bytes(data[: len(data) // 2])
+    (media_dir / "named.jpg").write_bytes(data)  # a PNG named .jpg: decodes fine
+    (media_dir / "garbage.webp").write_bytes(b"\x00\x01garbage" * 50)
+    (media_dir / "bomb.png").write_bytes(_png_header(40_000, 40_000))
+    (media_dir / "photo.heic").write_bytes(b"ftypheic")  # no plugin here: a clear note
+    os.symlink("missing-target.png", media_dir / "broken-link.png")
+    (media_dir / "loop").mkdir()
+    os.symlink(media_dir, media_dir / "loop" / "again")  # a symlinked folder: not followed
+    locked = media_dir / "locked"
+    locked.mkdir()
+    shutil.copy(first, locked / "hidden.png")
+    real_scandir = os.scandir
+
+    def scandir(path):  # type: ignore[no-untyped-def]
+        if os.fspath(path).endswith("/locked"):  # root ignores chmod 000: simulate it
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    report = index_folder(media_dir, tmp_path / "idx", encoder=tiny_encoder, options=OPTS)
+    reasons = {Path(p.path).name: p.reason for p in report.problems}
+    assert reasons["zero.png"] == "empty file"
+    assert "cannot decode" in reasons["truncated.png"]
+    assert "not a recognised image" in reasons["garbage.webp"]
+    assert "too many pixels" in reasons["bomb.png"]
+    assert "heic" in reasons["photo.heic"] or "photo.heic" not in reasons
+    assert "cannot stat" in reasons["broken-link.png"]
+    assert "cannot read folder" in reasons["locked"]
+    assert report.failed == len(report.problems) == len(reasons)
+    assert report.images == good + 1  # named.jpg is an image whatever its name
+    assert report.to_dict()["failed"] == report.failed
+
+
+def test_unusual_and_non_utf8_names_round_trip(
+    media_dir: Path, tiny_encoder: Encoder, tmp_path: Path
+) -> None:
+    src = next(media_dir.glob("*.png")).read_bytes()
+    names = [b"caf\xe9 \xff.png", "été ☃ photo.png".encode(), b"new\nline.png", b"-dash.png"]
+    for raw in names:
+        with open(os.fsencode(media_dir) + b"/" + raw, "wb") as f:
+            f.write(src)
+    idx = tmp_path / "idx"
+    report = index_folder(media_dir, idx, encoder=tiny_encoder, options=OPTS)
+    assert report.failed == 0
+    rows = [r for r in _rows(idx) if r["modality"] == "image"]
+    found = set()
+    for r in rows:
+        rel = os.fsdecode(r["path_bytes"]) if r["path_bytes"] is not None else r["path"]
+        assert (media_dir / rel).is_file(), r["path"]
+        found.add(os.fsencode(rel))
+    assert set(names) <= found
+    shown = {r["path"] for r in rows}
+    assert "caf\\xe9 \\xff.png" in shown  # the display form stays valid UTF-8
+    again = index_folder(media_dir, idx, encoder=tiny_encoder, options=OPTS)
+    assert again.unchanged == report.images + report.texts and again.commits == 0

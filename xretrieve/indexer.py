@@ -129,7 +129,12 @@ class IndexReport:
 Ref = tuple[store.ShardInfo, int]  # a stored row: its shard and row number
 
 
-@dataclass
+def _read(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+@dataclass(slots=True)
 class _Stored:
     """A stored row, as far as planning needs it."""
 
@@ -419,7 +424,7 @@ def _caption_pass(
 
     def read(cap: MediaFile) -> tuple[MediaFile, list[str] | None, str | None]:
         try:
-            return cap, read_captions(cap.path.read_bytes(), path=cap.rel), None
+            return cap, read_captions(_read(cap.fspath), path=cap.rel), None
         except MediaError as e:
             return cap, None, e.reason
         except OSError as e:
@@ -442,7 +447,7 @@ def _caption_pass(
         stem = os.path.splitext(cap.rel)[0]
         if lines is None:
             report.failed += 1
-            report.problems.append(Problem(display_path(cap.path), error or "cannot read"))
+            report.problems.append(Problem(display_path(cap.fspath), error or "cannot read"))
             first[stem] = None
             continue
         first[stem] = lines[0] if lines else None
@@ -562,7 +567,7 @@ def _image_pass(
     def work(job: tuple[MediaFile, _Stored | None]) -> _Decoded:
         f = job[0]
         try:
-            data = f.path.read_bytes()
+            data = _read(f.fspath)
         except OSError as e:
             return _Decoded(f, error=f"cannot read: {e.strerror}")
         sha = content_hash(data)
@@ -598,7 +603,7 @@ def _image_pass(
         f = d.file
         if d.error is not None:
             report.failed += 1
-            report.problems.append(Problem(display_path(f.path), d.error))
+            report.problems.append(Problem(display_path(f.fspath), d.error))
             continue
         caption = first_caption.get(os.path.splitext(f.rel)[0])
         hit = None if opts.full else known.vectors.get(d.sha)

@@ -596,8 +596,10 @@ def read_metadata(
     try:
         if columns is None:
             return upgrade_metadata(pq.read_table(meta_path))
-        have = set(pq.read_schema(meta_path).names)
-        return pq.read_table(meta_path, columns=[c for c in columns if c in have])
+        # ParquetFile, not read_table: no pyarrow.dataset import (~1 s) on a no-op re-run.
+        pf = pq.ParquetFile(meta_path)
+        have = set(pf.schema_arrow.names)
+        return pf.read(columns=[c for c in columns if c in have])
     except (pa.ArrowException, OSError) as e:
         raise IndexCorruptError(f"{meta_path} cannot be read as Parquet: {e}") from e
 

@@ -1,0 +1,182 @@
+"""Shards by partition key, their manifest statistics, the writer lock, readers during writes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from xretrieve import store
+from xretrieve.encoders import Encoder
+from xretrieve.errors import IndexLockedError
+from xretrieve.indexer import IndexOptions, index_folder
+
+
+def _opts(**kw: Any) -> IndexOptions:
+    return IndexOptions(**{"progress": False, "batch_size": 4, **kw})
+
+
+def _year_ns(year: int) -> int:
+    return int(datetime(year, 6, 1, tzinfo=timezone.utc).timestamp()) * 10**9
+
+
+@pytest.fixture()
+def tree(world_dir: Path, tmp_path: Path) -> Path:
+    """Images spread over a/, b/c/ and the root, with mtimes in 2019, 2021 and 2023."""
+    root = tmp_path / "tree"
+    pngs = sorted((world_dir / "train").glob("*.png"))[:12]
+    for i, src in enumerate(pngs):
+        sub = ["a", "b/c", ""][i % 3]
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        dst = root / sub / src.name
+        shutil.copy(src, dst)
+        shutil.copy(src.with_suffix(".txt"), dst.with_suffix(".txt"))
+        year = [2019, 2021, 2023][i % 4 % 3]
+        for f in (dst, dst.with_suffix(".txt")):
+            os.utime(f, ns=(_year_ns(year), _year_ns(year)))
+    return root
+
+
+def _shard_rows(idx: Path) -> list[tuple[store.ShardInfo, list[dict[str, Any]]]]:
+    m = store.read_manifest(idx)
+    return [(s, store.read_metadata(idx, s).to_pylist()) for s in m.shards]
+
+
+def _check_stats(info: store.ShardInfo, rows: list[dict[str, Any]]) -> None:
+    stats = info.partition["stats"]
+    for col in ("width", "height", "bytes", "year"):
+        values = [r[col] for r in rows if r[col] is not None]
+        want = {"min": min(values), "max": max(values)} if values else {"min": None, "max": None}
+        assert stats[col] == want, (info.name, col)
+    times = [r["mtime"] for r in rows]
+    assert datetime.fromisoformat(stats["mtime"]["min"]) == min(times)
+    assert datetime.fromisoformat(stats["mtime"]["max"]) == max(times)
+
+
+@pytest.mark.parametrize("key", ["folder", "year"])
+def test_shard_by_partitions_caps_and_records_stats(
+    tree: Path, tiny_encoder: Encoder, tmp_path: Path, key: str
+) -> None:
+    idx = tmp_path / "idx"
+    index_folder(tree, idx, encoder=tiny_encoder, options=_opts(shard_by=key, max_rows_per_shard=3))
+    shards = _shard_rows(idx)
+    seen: dict[tuple[str, Any], int] = {}
+    for info, rows in shards:
+        assert info.partition["key"] == key
+        assert len(rows) == info.rows <= 3
+        assert {r[key] for r in rows} == {info.partition["value"]}  # one value per shard
+        assert {r["modality"] for r in rows} == {info.modality}
+        _check_stats(info, rows)
+        seen[(info.modality, info.partition["value"])] = (
+            seen.get((info.modality, info.partition["value"]), 0) + info.rows
+        )
+    images = {k[1]: n for k, n in seen.items() if k[0] == "image"}
+    if key == "folder":
+        assert images == {"a": 4, "b": 4, "": 4}
+    else:
+        assert images == {2019: 6, 2021: 3, 2023: 3}
+
+
+def test_rows_carry_folder_and_year(tree: Path, tiny_encoder: Encoder, tmp_path: Path) -> None:
+    idx = tmp_path / "idx"
+    index_folder(tree, idx, encoder=tiny_encoder, options=_opts())
+    for info, rows in _shard_rows(idx):
+        assert info.partition == {"key": "none", "value": None, "stats": info.partition["stats"]}
+        for r in rows:
+            assert r["folder"] == (r["path"].split("/")[0] if "/" in r["path"] else "")
+            assert r["year"] == r["mtime"].year
+
+
+def test_changing_shard_by_repartitions_without_encoding(
+    tree: Path, tiny_encoder: Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    idx = tmp_path / "idx"
+    first = index_folder(tree, idx, encoder=tiny_encoder, options=_opts())
+    calls: list[int] = []
+    monkeypatch.setattr(tiny_encoder, "encode_pixels", lambda p: calls.append(len(p)))
+    monkeypatch.setattr(tiny_encoder, "encode_texts", lambda t: calls.append(len(t)))
+    run = index_folder(tree, idx, encoder=tiny_encoder, options=_opts(shard_by="folder"))
+    assert calls == [] and run.unchanged == first.images + first.texts
+    values = {s.partition["value"] for s, _ in _shard_rows(idx)}
+    assert values == {"a", "b", ""}
+    # The next run keeps the index's key when none is given, and rewrites nothing.
+    again = index_folder(tree, idx, encoder=tiny_encoder, options=_opts())
+    assert again.generation == run.generation and again.commits == 0
+
+
+def test_second_writer_is_refused_with_a_clear_message(
+    tree: Path, tiny_encoder: Encoder, tmp_path: Path
+) -> None:
+    idx = tmp_path / "idx"
+    with store.lock_index(idx), pytest.raises(IndexLockedError, match="another process"):
+        index_folder(tree, idx, encoder=tiny_encoder, options=_opts())
+    assert not (idx / "manifest.json").exists()
+    assert index_folder(tree, idx, encoder=tiny_encoder, options=_opts()).images == 12
+
+
+def _keys(shards: list[store.LoadedShard]) -> list[tuple[Any, ...]]:
+    return sorted(
+        (r["modality"], r["path"], r["line"]) for s in shards for r in s.metadata.to_pylist()
+    )
+
+
+def test_reader_keeps_a_consistent_view_across_writes(
+    tree: Path, tiny_encoder: Encoder, tmp_path: Path
+) -> None:
+    idx = tmp_path / "idx"
+    index_folder(tree, idx, encoder=tiny_encoder, options=_opts())
+    reader = store.Reader(idx)  # opened before the writes, nothing loaded yet
+    before = reader.manifest
+    images_before = reader.shards("image")  # half the view loaded now...
+
+    victims = sorted(tree.rglob("*.png"))
+    victims[0].unlink()
+    index_folder(tree, idx, encoder=tiny_encoder, options=_opts())  # generation N+1
+    texts = reader.shards("text")  # ...the other half after a write: still generation N
+    assert reader.manifest.generation == before.generation
+    assert sum(s.metadata.num_rows for s in images_before + texts) == before.rows
+
+    victims[1].unlink()
+    index_folder(tree, idx, encoder=tiny_encoder, options=_opts())  # N+2: N's files removed
+    late = store.Reader(idx, manifest=before)  # a reader of N that had loaded nothing
+    shards = late.shards()
+    now = store.read_manifest(idx)
+    assert late.manifest.generation == now.generation > before.generation + 1
+    assert len(_keys(shards)) == now.rows == len(set(_keys(shards)))
+    assert ("image", victims[1].relative_to(tree).as_posix(), None) not in _keys(shards)
+
+
+def test_reader_opened_during_a_write_sees_one_generation(
+    tree: Path,
+    world_dir: Path,
+    tiny_encoder: Encoder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    idx = tmp_path / "idx"
+    index_folder(tree, idx, encoder=tiny_encoder, options=_opts())
+    for p in sorted(tree.rglob("*.png"))[:3]:
+        p.unlink()
+    (tree / "new").mkdir()
+    for src in sorted((world_dir / "test").glob("*.png"))[:5]:
+        shutil.copy(src, tree / "new" / src.name)  # new items: several commits in the run
+    readers: list[store.Reader] = []
+    real = store.kill_point
+
+    def open_reader(point: str) -> None:
+        if point == "after-manifest" and not readers:
+            readers.append(store.Reader(idx))  # between two commits of the run
+        real(point)
+
+    monkeypatch.setattr(store, "kill_point", open_reader)
+    run = index_folder(tree, idx, encoder=tiny_encoder, options=_opts(commit_every=2))
+    assert run.commits >= 3 and run.indexed == 5
+    (reader,) = readers
+    assert reader.manifest.generation < store.read_manifest(idx).generation
+    shards = reader.shards()
+    assert {s.info.name for s in shards} == {s.name for s in reader.manifest.shards}
+    assert sum(s.metadata.num_rows for s in shards) == reader.manifest.rows
