@@ -14,12 +14,10 @@ On disk, `write_index(built, "x.faiss")` writes three files, each atomically::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,6 +27,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from xretrieve._fs import atomic_write
 from xretrieve.errors import IndexCorruptError, IndexNotFoundError, InputError
 from xretrieve.types import Ids, Vectors
 
@@ -785,28 +784,6 @@ def index_files(path: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
     return p, p.with_name(p.name + _SIDE_JSON), p.with_name(p.name + _SIDE_RESCORE)
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):  # the rename itself is durable once the folder is synced
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
 def write_index(
     built: BuiltIndex, path: str | os.PathLike[str], *, params: TunedParams | None = None
 ) -> None:
@@ -831,13 +808,13 @@ def write_index(
             with open(tmp, "wb") as f:
                 np.save(f, rs.codes, allow_pickle=False)
 
-        _atomic(rescore_path, save_npy)
+        atomic_write(rescore_path, save_npy)
 
     def save_json(tmp: Path) -> None:
         tmp.write_text(json.dumps(meta), encoding="utf-8")
 
-    _atomic(json_path, save_json)
-    _atomic(index_path, lambda tmp: faiss.write_index(cpu, str(tmp)))
+    atomic_write(json_path, save_json)
+    atomic_write(index_path, lambda tmp: faiss.write_index(cpu, str(tmp)))
 
 
 def _corrupt(path: Path, reason: str) -> IndexCorruptError:

@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xretrieve._fs import atomic_write_bytes
 from xretrieve.audio import AUDIO_EXTS, MelConfig, decode_audio, log_mel, mel_filterbank, windows
 from xretrieve.errors import FolderError, InputError, ModelError
 
@@ -161,19 +161,6 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_audio_tower(
     model_dir: str | os.PathLike[str],
     tower: AudioTower,
@@ -201,8 +188,10 @@ def save_audio_tower(
         "trained_against": base_fingerprint,
         "report": report or {},
     }
-    _write_atomic(root / AUDIO_WEIGHTS_FILE, blob)
-    _write_atomic(root / AUDIO_CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode("utf-8"))
+    atomic_write_bytes(root / AUDIO_WEIGHTS_FILE, blob)
+    atomic_write_bytes(
+        root / AUDIO_CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode("utf-8")
+    )
     dir_fd = os.open(root, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
