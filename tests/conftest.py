@@ -10,11 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from xretrieve.audio_model import AudioTrainConfig, train_audio
 from xretrieve.encoders import Encoder, load_encoder
 from xretrieve.indexer import IndexOptions, index_folder
+from xretrieve.train import TrainConfig, train
 from xretrieve.world import make_world
+from xretrieve.world_audio import add_audio_to_world
 
 TINY = "xr-tiny"
+# Small enough to train in a few seconds; the recipe's architecture is tested in the slow test.
+QUICK_AUDIO = AudioTrainConfig(
+    max_seconds=None, max_steps=3, batch_size=16, channels=(32, 32), hidden=64, pooled_time=4
+)
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +81,32 @@ def run_cli(
 def cli():  # type: ignore[no-untyped-def]
     """The `run_cli` function, as a fixture."""
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def audio_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small world whose scenes also sound (NAME.wav beside NAME.png)."""
+    root = tmp_path_factory.mktemp("aworld") / "w"
+    make_world(root, n=48, seed=11, image_size=32)
+    add_audio_to_world(root, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def base_model(audio_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny image/text model folder (2 steps: meaningless but real weights)."""
+    out = tmp_path_factory.mktemp("base") / "model"
+    cfg = TrainConfig(model="xr-tiny", max_seconds=None, max_steps=2, batch_size=16)
+    train(audio_world / "train", out, config=cfg)
+    return out
+
+
+@pytest.fixture(scope="session")
+def audio_model(
+    base_model: Path, audio_world: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """`base_model` plus a briefly trained audio tower: three towers in one folder."""
+    out = tmp_path_factory.mktemp("audio") / "model"
+    shutil.copytree(base_model, out)
+    train_audio(out, audio_world, config=QUICK_AUDIO)
+    return out

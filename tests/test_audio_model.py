@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import QUICK_AUDIO as QUICK
 
 from xretrieve.audio_model import (
     AUDIO_CONFIG_FILE,
@@ -24,38 +25,6 @@ from xretrieve.errors import FolderError, InputError, ModelError
 from xretrieve.train import TrainConfig, train
 from xretrieve.world import make_world
 from xretrieve.world_audio import add_audio_to_world
-
-# Small enough to train in a few seconds; the recipe's architecture is tested in the slow test.
-QUICK = AudioTrainConfig(
-    max_seconds=None, max_steps=3, batch_size=16, channels=(32, 32), hidden=64, pooled_time=4
-)
-
-
-@pytest.fixture(scope="module")
-def audio_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("aworld") / "w"
-    make_world(root, n=48, seed=11, image_size=32)
-    add_audio_to_world(root, seed=0)
-    return root
-
-
-@pytest.fixture(scope="module")
-def base_model(audio_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny image/text model folder (2 steps: meaningless but real weights)."""
-    out = tmp_path_factory.mktemp("base") / "model"
-    cfg = TrainConfig(model="xr-tiny", max_seconds=None, max_steps=2, batch_size=16)
-    train(audio_world / "train", out, config=cfg)
-    return out
-
-
-@pytest.fixture(scope="module")
-def audio_model(
-    base_model: Path, audio_world: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    out = tmp_path_factory.mktemp("audio") / "model"
-    shutil.copytree(base_model, out)
-    train_audio(out, audio_world, config=QUICK)
-    return out
 
 
 def _digests(folder: Path) -> dict[str, str]:

@@ -91,6 +91,7 @@ class IndexReport:
     reused: int = 0  # items whose vector came from identical content (renamed, copied, touched)
     images: int = 0
     texts: int = 0
+    audio: int = 0
     seconds: float = 0.0
     generation: int = 0
     commits: int = 0
@@ -108,6 +109,7 @@ class IndexReport:
             "generation": self.generation,
             "images": self.images,
             "texts": self.texts,
+            "audio": self.audio,
             "indexed": self.indexed,
             "updated": self.updated,
             "unchanged": self.unchanged,
@@ -143,8 +145,7 @@ class _Stored:
     mtime_us: int
     sha: str
     caption: str | None
-    width: int | None
-    height: int | None
+    facts: dict[str, Any]  # width/height of an image, duration/sample_rate/channels of audio
     image_path: str | None = None
 
 
@@ -155,7 +156,7 @@ class _Known:
     shards: list[store.ShardInfo] = field(default_factory=list)
     rows: dict[tuple[str, ...], list[_Stored]] = field(default_factory=dict)
     texts_by_path: dict[str, list[tuple[int, _Stored]]] = field(default_factory=dict)
-    vectors: dict[str, tuple[Ref, int | None, int | None]] = field(default_factory=dict)
+    vectors: dict[str, tuple[Ref, dict[str, Any]]] = field(default_factory=dict)
 
 
 _PLAN_COLUMNS = (
@@ -167,9 +168,8 @@ _PLAN_COLUMNS = (
     "mtime",
     "content_hash",
     "caption",
-    "width",
-    "height",
     "image_path",
+    *store.FACT_COLUMNS,
 )
 
 
@@ -197,8 +197,7 @@ def _read_known(index_dir: Path, manifest: store.Manifest) -> _Known:
                 cols["mtime"][row],
                 cols["content_hash"][row],
                 cols["caption"][row],
-                cols["width"][row],
-                cols["height"][row],
+                {c: cols[c][row] for c in store.FACT_COLUMNS if cols[c][row] is not None},
                 cols["image_path"][row],
             )
             if cols["modality"][row] == "text":
@@ -207,7 +206,7 @@ def _read_known(index_dir: Path, manifest: store.Manifest) -> _Known:
             else:
                 key = (cols["modality"][row], rel)
             known.rows.setdefault(key, []).append(s)
-            known.vectors.setdefault(s.sha, ((info, row), s.width, s.height))
+            known.vectors.setdefault(s.sha, ((info, row), s.facts))
     return known
 
 
@@ -217,6 +216,13 @@ def _check_model(index_dir: Path, manifest: store.Manifest, encoder: Encoder) ->
             f"{index_dir} was built with model {manifest.model.get('name')} "
             f"(fingerprint {manifest.model.get('fingerprint')}), not {encoder.spec.name} "
             f"({encoder.spec.fingerprint}); use that model, another --index, or --full to rebuild"
+        )
+    has_audio = any(info.modality == "audio" for info in manifest.shards)
+    if has_audio and manifest.model.get("audio_fingerprint") != encoder.spec.audio_fingerprint:
+        raise ModelMismatchError(
+            f"{index_dir} holds audio embedded by another audio tower "
+            f"({manifest.model.get('audio_fingerprint')}) than {encoder.spec.name}'s "
+            f"({encoder.spec.audio_fingerprint}); use that model, or --full to rebuild"
         )
 
 
@@ -237,8 +243,7 @@ def _row(f: MediaFile, **fields: Any) -> dict[str, Any]:
         "caption": None,
         "image_path": None,
         "line": None,
-        "width": None,
-        "height": None,
+        **dict.fromkeys(store.FACT_COLUMNS),
         "bytes": f.size,
         "mtime": f.mtime_ns // 1000,
         "folder": store.top_folder(shown),
@@ -361,7 +366,7 @@ class _Committer:
                     item = self.pending[idx[offset + j]]
                     self.known.vectors.setdefault(
                         item.row["content_hash"],
-                        ((info, j), item.row["width"], item.row["height"]),
+                        ((info, j), _facts(item.row)),
                     )
                 offset += info.rows
         self.shards.sort(key=_shard_order)
@@ -503,20 +508,63 @@ def _number(s: _Stored) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Images
+# Images and sounds: files that are decoded in worker threads, then encoded in batches
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """How one file modality is decoded (in a worker thread) and encoded (in batches)."""
+
+    modality: Modality
+    files: Callable[[Scan], list[MediaFile]]
+    # bytes -> (facts for the metadata row, what `encode` takes); raises MediaError
+    decode: Callable[[bytes, str], tuple[dict[str, Any], Any]]
+    encode: Callable[[list[Any]], Vectors]
+
+
+def _image_kind(encoder: Encoder) -> _Kind:
+    target = encoder.spec.image_size
+
+    def decode(data: bytes, rel: str) -> tuple[dict[str, Any], Any]:
+        dec = decode_image(data, path=rel, target_size=target)
+        return {"width": dec.width, "height": dec.height}, encoder.preprocess(dec.image)
+
+    return _Kind(
+        "image",
+        lambda scan: scan.images,
+        decode,
+        lambda pixels: encoder.encode_pixels(torch.stack(pixels)),
+    )
+
+
+def _audio_kind(encoder: Encoder) -> _Kind:
+    from xretrieve.audio import decode_audio
+
+    rate = encoder.audio_sample_rate
+
+    def decode(data: bytes, rel: str) -> tuple[dict[str, Any], Any]:
+        dec = decode_audio(data, sample_rate=rate)
+        facts = dec.facts()
+        return {c: facts[c] for c in ("duration", "sample_rate", "channels")}, dec.waveform
+
+    return _Kind("audio", lambda scan: scan.audio, decode, encoder.encode_waveforms)
+
+
+def _facts(row: dict[str, Any]) -> dict[str, Any]:
+    return {c: row[c] for c in store.FACT_COLUMNS if row.get(c) is not None}
 
 
 @dataclass
 class _Decoded:
     file: MediaFile
     sha: str = ""
-    width: int = 0
-    height: int = 0
-    pixels: torch.Tensor | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+    payload: Any = None
     error: str | None = None
 
 
-def _image_pass(
+def _media_pass(
+    kind: _Kind,
     scan: Scan,
     known: _Known,
     opts: IndexOptions,
@@ -528,39 +576,27 @@ def _image_pass(
     bar: Any,
     stats: Callable[[], dict[str, Any]],
 ) -> None:
-    encoder = committer.encoder
-    target = encoder.spec.image_size
+    modality = kind.modality
     todo: list[tuple[MediaFile, _Stored | None]] = []
-    for f in scan.images:
-        key = ("image", f.rel)
+    for f in kind.files(scan):
+        key = (modality, f.rel)
         caption = first_caption.get(os.path.splitext(f.rel)[0])
         stored = [] if opts.full else known.rows.get(key, [])
         same = [s for s in stored if s.size == f.size and s.mtime_us == f.mtime_ns // 1000]
         if same:
             best = max(same, key=_number)  # a killed run may have left a newer copy
             bar.update()
+            _count(report, modality)
+            new_keys.add(key)
             if best.caption == caption:
                 keep.add((best.ref[0].name, best.ref[1]))
-                new_keys.add(key)
                 report.unchanged += 1
-                report.images += 1
                 continue
             # Same bytes, new sidecar caption: a new row, the stored vector.
-            item = _Item(
-                _row(
-                    f,
-                    caption=caption,
-                    width=best.width,
-                    height=best.height,
-                    content_hash=best.sha,
-                ),
-                ref=best.ref,
-            )
-            committer.add(item)
-            new_keys.add(key)
+            row = _row(f, caption=caption, content_hash=best.sha, **best.facts)
+            committer.add(_Item(row, ref=best.ref))
             report.updated += 1
             report.reused += 1
-            report.images += 1
             continue
         todo.append((f, stored[0] if stored else None))
 
@@ -574,20 +610,19 @@ def _image_pass(
         if not opts.full and sha in known.vectors:
             return _Decoded(f, sha)  # known content: no decoding needed
         try:
-            dec = decode_image(data, path=f.rel, target_size=target)
-            pixels = encoder.preprocess(dec.image)
+            facts, payload = kind.decode(data, f.rel)
         except MediaError as e:
             return _Decoded(f, error=e.reason)
         except (OSError, ValueError, RuntimeError, MemoryError) as e:
             return _Decoded(f, error=f"cannot preprocess: {type(e).__name__}: {e}")
-        return _Decoded(f, sha, dec.width, dec.height, pixels=pixels)
+        return _Decoded(f, sha, facts, payload)
 
-    batch: list[tuple[_Item, torch.Tensor]] = []
+    batch: list[tuple[_Item, Any]] = []
     waiting = committer.waiting
 
     def encode() -> None:
         if batch:
-            out = encoder.encode_pixels(torch.stack([p for _, p in batch]))
+            out = kind.encode([p for _, p in batch])
             for (it, _), v in zip(batch, out, strict=True):
                 it.vector = v
             report.encoded += len(batch)
@@ -607,27 +642,26 @@ def _image_pass(
             continue
         caption = first_caption.get(os.path.splitext(f.rel)[0])
         hit = None if opts.full else known.vectors.get(d.sha)
-        if d.pixels is None and hit is None:  # pragma: no cover - decided in the worker
-            raise RuntimeError(f"{f.rel}: no pixels and no stored vector")
+        if d.payload is None and hit is None:  # pragma: no cover - decided in the worker
+            raise RuntimeError(f"{f.rel}: nothing to encode and no stored vector")
         item = _Item(_row(f, caption=caption, content_hash=d.sha))
         if hit is not None:
-            item.ref, w, h = hit
-            item.row.update(width=w, height=h)
+            item.ref, facts = hit
+            item.row.update(facts)
             report.reused += 1
         elif d.sha in waiting:
             item.same_as = waiting[d.sha]
-            item.row.update(width=d.width, height=d.height)
+            item.row.update(d.facts)
             report.reused += 1
         else:
-            assert d.pixels is not None
-            item.row.update(width=d.width, height=d.height)
+            item.row.update(d.facts)
             waiting[d.sha] = item
-            batch.append((item, d.pixels))
+            batch.append((item, d.payload))
             if len(batch) >= opts.batch_size:
                 encode()
         committer.add(item)
-        new_keys.add(("image", f.rel))
-        report.images += 1
+        new_keys.add((modality, f.rel))
+        _count(report, modality)
         if old is None:
             report.indexed += 1
         else:
@@ -636,6 +670,13 @@ def _image_pass(
             encode()
             committer.commit(stats=stats())
     encode()
+
+
+def _count(report: IndexReport, modality: Modality) -> None:
+    if modality == "image":
+        report.images += 1
+    else:
+        report.audio += 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -762,10 +803,10 @@ def index_folder(
         raise InputError("max rows per shard, commit size and batch size must be positive")
     started = time.perf_counter()
     scan = scan_folder(folder)
-    if not scan.images and not scan.captions:
+    if not scan.images and not scan.captions and not scan.audio:
         raise FolderError(
-            f"nothing to index in {scan.root}: no images ({', '.join(sorted(IMAGE_EXTS))}) "
-            "and no .txt captions found"
+            f"nothing to index in {scan.root}: no images ({', '.join(sorted(IMAGE_EXTS))}), "
+            "no audio and no .txt captions found"
         )
     if opts.torch_threads:
         torch.set_num_threads(opts.torch_threads)
@@ -799,15 +840,31 @@ def index_folder(
 
         keep: set[tuple[str, int]] = set()
         new_keys: set[tuple[str, ...]] = set()
-        bar = _progress(len(scan.images) + len(scan.captions), enabled=opts.progress)
+        bar = _progress(
+            len(scan.images) + len(scan.captions) + len(scan.audio), enabled=opts.progress
+        )
+        kinds = [_image_kind(encoder)]
+        if scan.audio and "audio" in encoder.spec.towers:
+            kinds.append(_audio_kind(encoder))
+        elif scan.audio:
+            report.problems.append(
+                Problem(
+                    display_path(scan.root),
+                    f"{len(scan.audio)} audio files skipped: model {encoder.spec.name} has no "
+                    "audio tower (add one with `xretrieve train-audio`)",
+                )
+            )
         try:
             first = _caption_pass(scan, known, opts, committer, keep, new_keys, report, bar, stats)
             bar.update(0)
-            _image_pass(scan, known, opts, committer, keep, new_keys, first, report, bar, stats)
+            for kind in kinds:
+                _media_pass(
+                    kind, scan, known, opts, committer, keep, new_keys, first, report, bar, stats
+                )
         finally:
             bar.close()
         report.removed = sum(1 for key in known.rows if key not in new_keys)
-        if not report.images and not report.texts:
+        if not report.images and not report.texts and not report.audio:
             raise FolderError(
                 f"nothing could be indexed in {scan.root}: all {report.failed} files failed "
                 f"(first: {report.problems[0].path}: {report.problems[0].reason})"

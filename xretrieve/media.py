@@ -17,6 +17,7 @@ from pathlib import Path
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
+from xretrieve.audio import AUDIO_EXTS
 from xretrieve.errors import FolderError, MediaError
 from xretrieve.types import Modality
 
@@ -75,6 +76,11 @@ def _plugin_exts() -> frozenset[str]:
 
 IMAGE_EXTS = BASE_IMAGE_EXTS | _plugin_exts()
 CAPTION_EXTS = frozenset({".txt"})
+_MODALITY_OF: dict[str, Modality] = {
+    **dict.fromkeys(AUDIO_EXTS, "audio"),
+    **dict.fromkeys(CAPTION_EXTS, "text"),
+    **dict.fromkeys(IMAGE_EXTS, "image"),
+}
 #: Images above this many pixels are refused (decompression bombs); Pillow's default is 89M.
 MAX_PIXELS = 178_956_970
 #: Caption sidecars above this size are not caption files.
@@ -115,6 +121,7 @@ class Scan:
     root: Path
     images: list[MediaFile] = field(default_factory=list)
     captions: list[MediaFile] = field(default_factory=list)
+    audio: list[MediaFile] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -174,9 +181,7 @@ def scan_folder(root: str | os.PathLike[str]) -> Scan:
             except OSError:
                 pass
             ext = os.path.splitext(name)[1].lower()
-            modality: Modality | None = (
-                "image" if ext in IMAGE_EXTS else "text" if ext in CAPTION_EXTS else None
-            )
+            modality = _MODALITY_OF.get(ext)
             if modality is None:
                 if ext in PLUGIN_EXTS:
                     scan.problems.append(Problem(display_path(entry.path), PLUGIN_EXTS[ext]))
@@ -193,7 +198,9 @@ def scan_folder(root: str | os.PathLike[str]) -> Scan:
                     scan.problems.append(Problem(display_path(entry.path), "not a regular file"))
                 continue
             item = MediaFile(entry.path, prefix + name, modality, st.st_size, st.st_mtime_ns)
-            (scan.images if modality == "image" else scan.captions).append(item)
+            {"image": scan.images, "text": scan.captions, "audio": scan.audio}[modality].append(
+                item
+            )
         stack.extend(reversed(subdirs))
     return scan
 

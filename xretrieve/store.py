@@ -100,12 +100,18 @@ METADATA_SCHEMA = pa.schema(
         # The exact bytes of `path` when they are not valid UTF-8 (then `path` shows them as
         # \xNN); null otherwise. os.fsdecode(path_bytes) gives the name back.
         ("path_bytes", pa.binary()),
+        # Audio items: length in seconds, the file's own sample rate and channel count.
+        ("duration", pa.float32()),
+        ("sample_rate", pa.int32()),
+        ("channels", pa.int32()),
     ]
 )
+#: Per-file facts found by decoding, by modality; a row holds only its modality's.
+FACT_COLUMNS = ("width", "height", "duration", "sample_rate", "channels")
 #: What `--shard-by` accepts: a metadata column to partition shards on, or none.
 PARTITION_KEYS = ("none", "folder", "year")
 #: Columns whose min/max each shard records in `ShardInfo.partition["stats"]`.
-STATS_COLUMNS = ("mtime", "width", "height", "bytes", "year")
+STATS_COLUMNS = ("mtime", "width", "height", "bytes", "year", "duration")
 
 
 @dataclass(frozen=True)
