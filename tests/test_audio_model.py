@@ -169,10 +169,11 @@ def test_cli_trains_and_evaluates_audio(
     run = cli("train-audio", folder, audio_world, "--max-steps", "2", "--batch-size", "8", "--json")
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["steps"] == 2
-    run = cli("eval-audio", folder, "--world", audio_world, "--json")
+    run = cli("eval", folder, "--world", audio_world, "--json")
     assert run.returncode == 0, run.stderr
     got = json.loads(run.stdout)
     assert set(got["recall"]) == {"audio->image", "image->audio", "text->audio", "audio->text"}
+    assert set(got["text_to_image"]) == {"R@1", "R@5", "R@10"}  # the image/text part is there too
     assert got["n_sounds"] == 10
     run = cli("train-audio", tmp_path / "nope", audio_world, "--max-steps", "1")
     assert run.returncode == 4 and "error:" in run.stderr

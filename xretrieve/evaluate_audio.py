@@ -83,7 +83,7 @@ def evaluate_audio(
     if missing:
         raise FolderError(
             f"{len(missing)} image(s) of {root} have no sound (e.g. {missing[0]}): "
-            "run `xretrieve make-world-audio` on the world first"
+            "make the world with `xretrieve make-world --audio`"
         )
     keys = [concept_key(lab) for lab in labels]
     captions = [c for lab in labels for c in lab.captions]

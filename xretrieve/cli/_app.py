@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -94,3 +95,21 @@ def hits_table(hits: Any, title: str) -> Table:
     for h in hits:
         t.add_row(str(h.rank), f"{h.score:.4f}", h.modality, h.path, h.caption or "")
     return t
+
+
+C = TypeVar("C")
+
+
+def training_config(
+    base: C, *, max_seconds: float | None, max_steps: int | None, **options: Any
+) -> C:
+    """`base` with the options the user gave (None = keep the recipe's default).
+
+    A step limit given alone replaces the recipe's time budget instead of adding to it.
+    """
+    overrides = {k: v for k, v in options.items() if v is not None}
+    if max_steps is not None:
+        overrides["max_steps"] = max_steps
+    if max_seconds is not None or max_steps is not None:
+        overrides["max_seconds"] = max_seconds
+    return dataclasses.replace(base, **overrides)  # type: ignore[type-var]

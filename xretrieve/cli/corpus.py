@@ -44,6 +44,12 @@ def add_captions_cmd(
     pretrained: PretrainedOpt = None,
     model_config: ModelConfigOpt = None,
     device: DeviceOpt = "auto",
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="Torch threads for encoding (small models on busy machines: 1 is often fastest)."
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -59,6 +65,10 @@ def add_captions_cmd(
 
     try:
         register(model_config)
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(max(1, threads))
         if model is None:
             built = read_manifest(index).model
             model, pretrained = built["name"], built.get("pretrained")

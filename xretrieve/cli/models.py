@@ -19,6 +19,7 @@ from xretrieve.cli._app import (
     out,
     print_json,
     register,
+    training_config,
 )
 from xretrieve.errors import XRetrieveError
 
@@ -31,9 +32,13 @@ def make_world_cmd(
     image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
     test_fraction: Annotated[float, typer.Option(help="Share of images held out for test/.")] = 0.2,
     workers: Annotated[int, typer.Option(help="Processes used to draw.")] = os.cpu_count() or 1,
+    audio: Annotated[
+        bool, typer.Option("--audio", help="Also give every scene a sound (NAME.wav).")
+    ] = False,
 ) -> None:
     """Generate a deterministic world of captioned shape scenes (train/ and test/ splits)."""
     from xretrieve.world import make_world
+    from xretrieve.world_audio import add_audio_to_world
 
     try:
         info = make_world(
@@ -44,6 +49,7 @@ def make_world_cmd(
             test_fraction=test_fraction,
             workers=workers,
         )
+        sound = add_audio_to_world(out_dir, seed=seed, workers=workers) if audio else None
     except XRetrieveError as e:
         fail(e)
     out.print(
@@ -51,6 +57,11 @@ def make_world_cmd(
         f"({image_size}x{image_size}, seed {seed})",
         highlight=False,
     )
+    if sound is not None:
+        out.print(
+            f"wrote {sound.n_clips} sounds ({sound.clip_seconds:g} s, {sound.sample_rate} Hz)",
+            highlight=False,
+        )
 
 
 @app.command("train")
@@ -73,24 +84,19 @@ def train_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a small CLIP from scratch (contrastive loss) on captioned images."""
-    import dataclasses
-
     from xretrieve.train import TrainConfig, train
 
     try:
         register(model_config)
-        overrides: dict[str, Any] = {"seed": seed}
-        for key, value in (
-            ("model", model),
-            ("batch_size", batch_size),
-            ("lr", lr),
-            ("max_steps", max_steps),
-        ):
-            if value is not None:
-                overrides[key] = value
-        if max_seconds is not None or max_steps is not None:
-            overrides["max_seconds"] = max_seconds
-        cfg = dataclasses.replace(TrainConfig(), **overrides)
+        cfg = training_config(
+            TrainConfig(),
+            max_seconds=max_seconds,
+            max_steps=max_steps,
+            model=model,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+        )
         report = train(data_dir, out_dir, config=cfg)
     except XRetrieveError as e:
         fail(e)
@@ -114,19 +120,29 @@ def eval_cmd(
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Report text->image and image->text R@1/5/10 on a world's held-out split, chance beside."""
+    """R@1/5/10 on a world's held-out split, chance beside: text<->image, and audio when present.
+
+    The audio directions (audio<->image, text<->audio) are added when the model has an audio
+    tower and the world has sounds (`make-world --audio`).
+    """
     from xretrieve.encoders import load_encoder
     from xretrieve.evaluate import evaluate_world
+    from xretrieve.evaluate_audio import evaluate_audio
 
     try:
         enc = load_encoder(model, pretrained=pretrained, device=device)
-        report = evaluate_world(enc, world, split=split)
+        reports: list[Any] = [evaluate_world(enc, world, split=split)]
+        if "audio" in enc.spec.towers and next((world / split).glob("*.wav"), None):
+            reports.append(evaluate_audio(enc, world, split=split))
     except XRetrieveError as e:
         fail(e)
     if as_json:
-        print_json(report.to_dict())
+        merged: dict[str, Any] = {}
+        for r in reports:
+            merged.update(r.to_dict())
+        print_json(merged)
     else:
-        out.print(report.format_table(), highlight=False)
+        out.print("\n\n".join(r.format_table() for r in reports), highlight=False)
 
 
 @app.command("models")
