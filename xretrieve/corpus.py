@@ -185,14 +185,15 @@ def _upper_bound(path: Path) -> int:
 
 
 def _metadata(
-    corpus: str, mtime: datetime, lines: list[pa.Array], caps: list[pa.Array]
+    corpus: str,
+    mtime: datetime,
+    lines: list[pa.Array],
+    caps: list[pa.Array],
+    hashes: list[pa.Array],
 ) -> pa.Table:
     """The text-shard metadata of the captions, column by column (no per-row dicts)."""
     caption = pa.concat_arrays(caps)
     n = len(caption)
-    hashes = pa.array(
-        [hashlib.sha256(c.encode()).hexdigest() for c in caption.to_pylist()], pa.string()
-    )
     cols = {
         "path": pa.repeat(pa.scalar(corpus, pa.string()), n),
         "modality": pa.repeat(pa.scalar("text", pa.string()), n),
@@ -203,7 +204,7 @@ def _metadata(
         "height": pa.nulls(n, pa.int32()),
         "bytes": pc.binary_length(caption).cast(pa.int64()),
         "mtime": pa.repeat(pa.scalar(mtime, pa.timestamp("us", tz="UTC")), n),
-        "content_hash": hashes,
+        "content_hash": pa.concat_arrays(hashes),
         "shard": pa.repeat(pa.scalar("", pa.string()), n),
         "row": pa.repeat(pa.scalar(0, pa.int64()), n),
     }
@@ -269,6 +270,7 @@ def add_captions(
             )
             lines: list[pa.Array] = []
             caps: list[pa.Array] = []
+            hashes: list[pa.Array] = []
             n = 0
             for batch_lines, batch_caps, blank in read_corpus(
                 src, column=column, batch_size=batch_size
@@ -281,6 +283,9 @@ def add_captions(
                 report.encode_seconds += time.perf_counter() - t0
                 lines.append(pa.array(batch_lines, pa.int32()))
                 caps.append(pa.array(batch_caps, pa.string()))
+                hashes.append(
+                    pa.array([hashlib.sha256(c.encode()).hexdigest() for c in batch_caps])
+                )
                 n += len(batch_caps)
                 if progress is not None:
                     progress(len(batch_caps))
@@ -291,7 +296,7 @@ def add_captions(
                 )
             report.captions = n
             mtime = datetime.fromtimestamp(src.stat().st_mtime, tz=UTC)
-            table = _metadata(str(src), mtime, lines, caps)
+            table = _metadata(str(src), mtime, lines, caps, hashes)
             keep = [
                 s
                 for s in manifest.shards
