@@ -187,5 +187,5 @@ def test_short_training_learns_far_above_chance(tmp_path: Path) -> None:
         assert got[5] >= SLOW_MIN_R5
 
 
-SLOW_STEPS = 150
-SLOW_MIN_R5 = 0.2
+SLOW_STEPS = 250
+SLOW_MIN_R5 = 0.1
