@@ -243,3 +243,35 @@ def test_unusual_and_non_utf8_names_round_trip(
     assert "caf\\xe9 \\xff.png" in shown  # the display form stays valid UTF-8
     again = index_folder(media_dir, idx, encoder=tiny_encoder, options=OPTS)
     assert again.unchanged == report.images + report.texts and again.commits == 0
+
+
+def test_reindexing_keeps_an_added_caption_corpus(
+    media_dir: Path, tiny_encoder: Encoder, tmp_path: Path
+) -> None:
+    from xretrieve.corpus import add_captions
+
+    idx = tmp_path / "idx"
+    index_folder(media_dir, idx, encoder=tiny_encoder, options=OPTS)
+    corpus = tmp_path / "captions.txt"
+    corpus.write_text("a purple moon over the sea\na green kite\n")
+    add_captions(idx, corpus, encoder=tiny_encoder)
+
+    def corpus_rows() -> int:
+        m = store.read_manifest(idx)
+        return sum(
+            store.read_metadata(idx, s, columns=("path",))
+            .column("path")
+            .to_pylist()
+            .count(str(corpus))
+            for s in m.shards
+            if s.modality == "text"
+        )
+
+    assert corpus_rows() == 2
+    next(media_dir.glob("*.png")).unlink()  # a change in the folder: a new generation lands
+    run = index_folder(media_dir, idx, encoder=tiny_encoder, options=OPTS)
+    assert run.removed == 1 and corpus_rows() == 2
+    index_folder(
+        media_dir, idx, encoder=tiny_encoder, options=IndexOptions(progress=False, full=True)
+    )
+    assert corpus_rows() == 2

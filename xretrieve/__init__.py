@@ -39,7 +39,8 @@ if TYPE_CHECKING:
         register_model_config,
     )
     from xretrieve.indexer import IndexOptions, IndexReport, index_folder
-    from xretrieve.query import Hit, Hits, Index, open_index
+    from xretrieve.corpus import CorpusReport, add_captions
+    from xretrieve.query import Hit, Hits, Index, SearchOptions, open_index
 
 __version__ = "0.1.0"
 
@@ -56,9 +57,13 @@ _LAZY = {
     "Hits": "xretrieve.query",
     "Index": "xretrieve.query",
     "open_index": "xretrieve.query",
+    "SearchOptions": "xretrieve.query",
+    "add_captions": "xretrieve.corpus",
+    "CorpusReport": "xretrieve.corpus",
 }
 
 __all__ = [
+    "CorpusReport",
     "EmptyQueryError",
     "Encoder",
     "FolderError",
@@ -77,8 +82,10 @@ __all__ = [
     "ModelMismatchError",
     "ModelSpec",
     "ModelUnavailableError",
+    "SearchOptions",
     "XRetrieveError",
     "__version__",
+    "add_captions",
     "index_folder",
     "list_models",
     "load_encoder",

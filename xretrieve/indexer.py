@@ -210,6 +210,18 @@ def _read_known(index_dir: Path, manifest: store.Manifest) -> _Known:
     return known
 
 
+def _corpus_shards(index_dir: Path, manifest: store.Manifest) -> list[store.ShardInfo]:
+    """Text shards added by `add-captions`: their rows name a corpus file by absolute path."""
+    found = []
+    for info in manifest.shards:
+        if info.modality != "text":
+            continue
+        paths = store.read_metadata(index_dir, info, columns=("path",)).column("path")
+        if paths.null_count == 0 and pc.all(pc.starts_with(paths, "/")).as_py():
+            found.append(info)
+    return found
+
+
 def _check_model(index_dir: Path, manifest: store.Manifest, encoder: Encoder) -> None:
     if manifest.model.get("fingerprint") != encoder.spec.fingerprint:
         raise ModelMismatchError(
@@ -305,6 +317,8 @@ class _Committer:
         self.known = known
         self.report = report
         self.pending: list[_Item] = []
+        # Caption-corpus shards (`add-captions`): not part of the folder, carried as they are.
+        self.corpora: list[store.ShardInfo] = []
         # Content hashes met in this run and not yet committed: their first item.
         self.waiting: dict[str, _Item] = {}
         self.last_commit = time.monotonic()
@@ -371,7 +385,7 @@ class _Committer:
                 offset += info.rows
         self.shards.sort(key=_shard_order)
         self.writer.commit(
-            self.shards,
+            self.shards + self.corpora,
             root=self.root,
             model=self.encoder.spec.to_dict(),
             dim=self.encoder.dim,
@@ -772,7 +786,7 @@ def _finish(
         flush(gk, force=True)
     final.sort(key=_shard_order)
     writer.commit(
-        final,
+        final + committer.corpora,
         root=committer.root,
         model=committer.encoder.spec.to_dict(),
         dim=committer.encoder.dim,
@@ -820,6 +834,21 @@ def index_folder(
             keys = [s.partition.get("key", "none") for s in previous.shards] if previous else []
             opts = replace(opts, shard_by=keys[0] if keys and not opts.full else "none")
         known = _Known()
+        corpora: list[store.ShardInfo] = []
+        if previous is not None:
+            corpora = _corpus_shards(out, previous)
+            if corpora and previous.model.get("fingerprint") != encoder.spec.fingerprint:
+                report.problems.append(
+                    Problem(
+                        str(out),
+                        f"{len(corpora)} caption-corpus shards dropped: embedded "
+                        "by another model; add the corpus again with `xretrieve add-captions`",
+                    )
+                )
+                corpora = []
+            previous = replace(
+                previous, shards=tuple(s for s in previous.shards if s not in corpora)
+            )
         if previous is not None and not opts.full:
             _check_model(out, previous, encoder)
             known = _read_known(out, previous)
@@ -833,6 +862,7 @@ def index_folder(
             known=known,
             report=report,
         )
+        committer.corpora = corpora
 
         def stats() -> dict[str, Any]:
             report.seconds = time.perf_counter() - started
