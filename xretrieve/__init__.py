@@ -31,6 +31,7 @@ from xretrieve.errors import (
 )
 
 if TYPE_CHECKING:
+    from xretrieve.corpus import CorpusReport, add_captions
     from xretrieve.encoders import (
         Encoder,
         ModelSpec,
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
         register_model_config,
     )
     from xretrieve.indexer import IndexOptions, IndexReport, index_folder
-    from xretrieve.corpus import CorpusReport, add_captions
     from xretrieve.query import Hit, Hits, Index, SearchOptions, open_index
 
 __version__ = "0.1.0"
