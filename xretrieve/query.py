@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, Union, overload
 
 import faiss
 import numpy as np
@@ -53,12 +53,21 @@ from xretrieve.lexical import LexicalIndex, open_lexical
 from xretrieve.media import load_image, to_rgb
 from xretrieve.types import MODALITIES, Ids, Modality, Vectors
 
-__all__ = ["Hit", "Hits", "ImageQuery", "Index", "QueryTerm", "SearchOptions", "open_index"]
+__all__ = [
+    "AudioTerm",
+    "Hit",
+    "Hits",
+    "ImageQuery",
+    "Index",
+    "QueryTerm",
+    "SearchOptions",
+    "open_index",
+]
 
 #: What can stand for an image in a query: a path or an already opened PIL image.
 ImageQuery = str | os.PathLike[str] | Image.Image
 #: One term of a composed query: a str is text; a path object or PIL image is an image.
-QueryTerm = str | os.PathLike[str] | Image.Image
+QueryTerm = Union[str, os.PathLike[str], Image.Image, "AudioTerm"]
 
 Fusion = Literal["rrf", "convex"]
 FUSIONS: tuple[Fusion, ...] = ("rrf", "convex")
@@ -222,9 +231,33 @@ def _selector_params(
 def _as_terms(x: QueryTerm | Sequence[QueryTerm] | None) -> list[QueryTerm]:
     if x is None:
         return []
-    if isinstance(x, (str, os.PathLike, Image.Image)):
+    if isinstance(x, (str, os.PathLike, Image.Image, AudioTerm)):
         return [x]
     return list(x)
+
+
+@dataclass(frozen=True)
+class AudioTerm:
+    """A sound as a query term: a file path, the file's bytes, or (samples, sample_rate)."""
+
+    source: Any
+
+
+def _as_audio_terms(x: Any) -> list[QueryTerm]:
+    if x is None:
+        return []
+    if isinstance(x, (str, os.PathLike, bytes, tuple, AudioTerm)):
+        x = [x]
+    return [t if isinstance(t, AudioTerm) else AudioTerm(t) for t in x]
+
+
+def _is_audio(term: QueryTerm) -> bool:
+    """Audio terms: `AudioTerm`s, and path objects (not plain str) with an audio extension."""
+    from xretrieve.audio import AUDIO_EXTS
+
+    if isinstance(term, AudioTerm):
+        return True
+    return isinstance(term, os.PathLike) and Path(term).suffix.lower() in AUDIO_EXTS
 
 
 @dataclass
@@ -347,21 +380,30 @@ class Index:
         return self.encoder.encode_images(pils)
 
     def _embed_terms(self, terms: Sequence[QueryTerm]) -> Vectors:
-        """Unit vectors of mixed terms, in order: texts in one batch, images in another."""
+        """Unit vectors of mixed terms, in order: one batch per modality (text, image, audio)."""
         out = np.empty((len(terms), self.manifest.dim), np.float32)
         texts = [i for i, t in enumerate(terms) if isinstance(t, str)]
-        images = [i for i, t in enumerate(terms) if not isinstance(t, str)]
+        sounds = [i for i, t in enumerate(terms) if _is_audio(t)]
+        images = [i for i, t in enumerate(terms) if i not in texts and i not in sounds]
         if texts:
             out[texts] = self._embed_texts([str(terms[i]) for i in texts])
         if images:
-            out[images] = self._embed_images([terms[i] for i in images])
+            out[images] = self._embed_images([terms[i] for i in images])  # type: ignore[misc]
+        if sounds:
+            out[sounds] = self.embed_audio([terms[i] for i in sounds])
         return out
+
+    def embed_audio(self, sounds: Sequence[Any]) -> Vectors:
+        """Unit vectors of sounds (paths, file bytes, (samples, rate) or `AudioTerm`s)."""
+        items = [t.source if isinstance(t, AudioTerm) else t for t in sounds]
+        return self.encoder.encode_audio(items)
 
     def query_vector(
         self,
         query: QueryTerm | Sequence[QueryTerm] | None = None,
         *,
         image: ImageQuery | Sequence[ImageQuery] | None = None,
+        audio: Any = None,
         weights: Sequence[float] | None = None,
         negative: QueryTerm | Sequence[QueryTerm] | None = None,
         negative_weights: Sequence[float] | None = None,
@@ -369,10 +411,10 @@ class Index:
         """The composed unit query vector (1, d).
 
         q = normalise(sum_i w_i * p_i - sum_j v_j * n_j): p_i are the unit embeddings of the
-        positive terms (`query` terms, then `image` terms), n_j those of the `negative`
-        terms; w_i default to 1.0 and v_j to 0.5 (`scoring.DEFAULT_NEGATIVE_WEIGHT`).
+        positive terms (`query` terms, then `image` terms, then `audio` terms), n_j those
+        of the `negative` terms; w_i default to 1.0 and v_j to 0.5 (`scoring.DEFAULT_NEGATIVE_WEIGHT`).
         """
-        positive = _as_terms(query) + _as_terms(image)
+        positive = _as_terms(query) + _as_terms(image) + _as_audio_terms(audio)
         negatives = _as_terms(negative)
         if not positive:
             raise EmptyQueryError(
@@ -397,6 +439,7 @@ class Index:
         query: QueryTerm | Sequence[QueryTerm] | None = None,
         *,
         image: ImageQuery | Sequence[ImageQuery] | None = None,
+        audio: Any = None,
         weights: Sequence[float] | None = None,
         negative: QueryTerm | Sequence[QueryTerm] | None = None,
         negative_weights: Sequence[float] | None = None,
@@ -415,7 +458,9 @@ class Index:
         """Search items of `modality` with text, images or a weighted mix of both.
 
         `query` is a str (text), a path object or PIL image (image), or a list of such terms;
-        `image=` adds image terms. `weights` (one per positive term) and `negative` terms
+        `image=` adds image terms and `audio=` sound terms (paths, file bytes or
+        (samples, sample_rate); a path object with an audio extension in `query` is a sound
+        too). `weights` (one per positive term) and `negative` terms
         compose the query vector (see `query_vector`). Options:
 
         - `where`: SQL boolean expression over the metadata columns (DuckDB), applied before
@@ -445,6 +490,7 @@ class Index:
         q = self.query_vector(
             query,
             image=image,
+            audio=audio,
             weights=weights,
             negative=negative,
             negative_weights=negative_weights,
@@ -819,5 +865,12 @@ def open_index(
             f"{built_with.get('fingerprint')}), but {encoder.spec.name} has fingerprint "
             f"{encoder.spec.fingerprint}: vectors from different models are not comparable. "
             "Search with the model that built the index, or re-index with --full."
+        )
+    has_audio = any(s.modality == "audio" for s in manifest.shards)
+    if has_audio and encoder.spec.audio_fingerprint != built_with.get("audio_fingerprint"):
+        raise ModelMismatchError(
+            f"{p} holds audio embedded by another audio tower "
+            f"({built_with.get('audio_fingerprint')}) than {encoder.spec.name}'s "
+            f"({encoder.spec.audio_fingerprint}): search with the model that built the index"
         )
     return Index(p, manifest, encoder)

@@ -70,6 +70,10 @@ def search_cmd(
     image: Annotated[
         list[Path] | None, typer.Option("--image", help="Image terms (repeatable).")
     ] = None,
+    audio: Annotated[
+        list[Path] | None,
+        typer.Option("--audio", help="Sound terms: WAV, FLAC, OGG, MP3 files (repeatable)."),
+    ] = None,
     negative: Annotated[
         list[str] | None,
         typer.Option(
@@ -81,7 +85,7 @@ def search_cmd(
         typer.Option(
             "--weights",
             help="Comma-separated weights of the positive terms in order: QUERY, --text..., "
-            "--image... (default 1 each).",
+            "--image..., --audio... (default 1 each).",
         ),
     ] = None,
     not_weights: Annotated[
@@ -90,7 +94,7 @@ def search_cmd(
     ] = None,
     index: IndexOpt = DEFAULT_INDEX,
     k: Annotated[int, typer.Option("-k", "--k", help="Number of results.")] = 10,
-    modality: Annotated[str, typer.Option(help="What to return: image or text.")] = "image",
+    modality: Annotated[str, typer.Option(help="What to return: image, text or audio.")] = "image",
     where: WhereOpt = None,
     hybrid: Annotated[
         bool, typer.Option("--hybrid", help="Fuse with BM25 over captions and path words.")
@@ -126,18 +130,19 @@ def search_cmd(
     The query vector is normalise(sum w_i * term_i - sum v_j * not_j) over unit embeddings.
     """
     from xretrieve.errors import EmptyQueryError
-    from xretrieve.query import open_index
+    from xretrieve.query import AudioTerm, open_index
 
     try:
         register(model_config)
         positive: list[Any] = ([query] if query is not None else []) + list(text or [])
         positive += list(image or [])
+        positive += [AudioTerm(p) for p in audio or []]
         negatives = [_term(v) for v in negative or []]
         if not positive:
             raise EmptyQueryError(
                 "only --not terms: give something to search for as well"
                 if negatives
-                else "nothing to search for: give a text query, --text or --image PATH"
+                else "nothing to search for: give a text query, --text, --image or --audio"
             )
         idx = open_index(index, model=model, pretrained=pretrained, device=device)
         hits = idx.search(
@@ -159,7 +164,7 @@ def search_cmd(
         )
     except XRetrieveError as e:
         fail(e)
-    title = " + ".join(str(t) for t in positive)
+    title = " + ".join(str(t.source if isinstance(t, AudioTerm) else t) for t in positive)
     _show(hits, as_json=as_json, paths=paths, title=f"{title} ({len(hits)} hits)", explain=explain)
 
 
