@@ -8,7 +8,7 @@ bash scripts/bootstrap.sh
 XR=.venv/bin/xretrieve
 DEMO=${DEMO_DIR:-runs/demo}
 INDEX=${DEMO_INDEX:-indexes/demo}
-N=${DEMO_N:-20000}
+N=${DEMO_N:-10000}
 rm -rf "$DEMO" && mkdir -p "$DEMO"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -16,8 +16,8 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 step "1/5 generate a world of $N captioned scenes (train/test split)"
 $XR make-world "$DEMO/world" --n "$N" --seed 0
 
-step "2/5 train a small CLIP from scratch on the train split (time budget ${DEMO_SECONDS:-170}s)"
-$XR train "$DEMO/world/train" "$DEMO/model" --max-seconds "${DEMO_SECONDS:-170}"
+step "2/5 train a small CLIP from scratch on the train split (time budget ${DEMO_SECONDS:-175}s)"
+$XR train "$DEMO/world/train" "$DEMO/model" --max-seconds "${DEMO_SECONDS:-175}"
 
 step "3/5 index the held-out test split with the trained model"
 $XR index "$DEMO/world/test" --index "$INDEX" --model "$DEMO/model" --full

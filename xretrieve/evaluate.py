@@ -45,7 +45,7 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
 
 def _answerable(relevant: Bools) -> Bools:
     """Queries with at least one relevant item; the others cannot be hit and are left out."""
-    rows = relevant.any(axis=1)
+    rows: Bools = np.asarray(relevant.any(axis=1), dtype=bool)
     if not rows.any():
         raise InputError("no query has a relevant item: recall is undefined")
     return rows

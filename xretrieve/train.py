@@ -182,7 +182,7 @@ def lr_at(progress: float, *, config: TrainConfig) -> float:
     return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     """`CLIP.encode_text` (normalised) run only up to the longest caption in the batch.
 
     Under the causal mask no position sees what follows it, so the padding after the last
@@ -211,9 +211,9 @@ class _CompactVocab:
     order, so padding stays 0 and end-of-text stays the largest id (argmax pooling holds).
     """
 
-    def __init__(self, model: torch.nn.Module, tokens: torch.Tensor) -> None:
+    def __init__(self, model: Any, tokens: torch.Tensor) -> None:
         self.model = model
-        self.full = model.token_embedding
+        self.full: Any = model.token_embedding
         used = torch.unique(torch.cat([tokens.flatten(), torch.zeros(1, dtype=tokens.dtype)]))
         self.used = used
         self.lookup = torch.zeros(self.full.num_embeddings, dtype=tokens.dtype)
@@ -237,7 +237,8 @@ class _CompactVocab:
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     # Decay only matrices of weights; gains, biases, embeddings and the temperature stay free.
-    decay, free = [], []
+    decay: list[torch.nn.Parameter] = []
+    free: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -419,7 +420,7 @@ def train(
 
 
 def _fit(
-    model: torch.nn.Module, data: CaptionedImages, *, config: TrainConfig, t_start: float
+    model: Any, data: CaptionedImages, *, config: TrainConfig, t_start: float
 ) -> tuple[int, float]:
     """The training loop; returns (steps, mean loss of the last steps)."""
     t0 = time.perf_counter()
@@ -444,7 +445,7 @@ def _fit(
 
 
 def _loop(
-    model: torch.nn.Module,
+    model: Any,
     data: CaptionedImages,
     tokens: torch.Tensor,
     opt: torch.optim.Optimizer,
