@@ -28,7 +28,8 @@ for q in "a large red circle in the top left" "a small blue square at the bottom
          "a big green star in the upper right and a little yellow heart in the lower left"; do
   $XR search "$q" --index "$INDEX" -k 5
 done
-probe=$(ls "$DEMO/world/test"/*.png | head -1)
+probes=("$DEMO"/world/test/*.png)
+probe=${probes[0]}
 echo "image -> caption for $probe (its own caption: $(head -1 "${probe%.png}.txt"))"
 $XR caption "$probe" --index "$INDEX" -k 5
 
