@@ -275,3 +275,21 @@ def test_reindexing_keeps_an_added_caption_corpus(
         media_dir, idx, encoder=tiny_encoder, options=IndexOptions(progress=False, full=True)
     )
     assert corpus_rows() == 2
+
+
+def test_caption_lines_split_across_shards_survive_a_rerun(
+    tiny_encoder: Encoder, world_dir: Path, tmp_path: Path
+) -> None:
+    # Train sidecars hold 3 lines; shards of 4 rows split a file's lines across two shards.
+    folder = tmp_path / "media"
+    folder.mkdir()
+    for src in sorted((world_dir / "train").glob("*.png"))[:4]:
+        shutil.copy(src, folder / src.name)
+        shutil.copy(src.with_suffix(".txt"), folder / src.with_suffix(".txt").name)
+    opts = IndexOptions(progress=False, batch_size=2, max_rows_per_shard=4)
+    first = index_folder(folder, tmp_path / "idx", encoder=tiny_encoder, options=opts)
+    assert first.texts == 12
+    sorted(folder.glob("*.png"))[0].unlink()  # an unrelated change makes the rerun write
+    again = index_folder(folder, tmp_path / "idx", encoder=tiny_encoder, options=opts)
+    assert again.texts == 12 and again.encoded == 0
+    assert store.read_manifest(tmp_path / "idx").rows_by_modality()["text"] == 12

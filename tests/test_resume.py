@@ -32,6 +32,8 @@ KILL_POINTS = [
     "before-manifest:1",
     "before-manifest:3",
     "after-manifest:1",
+    "after-manifest:2",
+    "after-manifest:3",
     "after-manifest:4",
     "merged-shard:1",
     "merged-shard:3",

@@ -427,10 +427,14 @@ def _caption_pass(
             if s.mtime_us == cap.mtime_ns // 1000 and s.image_path == pair
         ]
         if same:
-            newest = max(_number(s) for _, s in same)
-            rows = sorted(
-                ((line, s) for line, s in same if _number(s) == newest), key=lambda x: x[0]
-            )
+            # One row per line, from the newest shard holding that line: a killed run can
+            # leave an older copy behind, and one commit may split a file's lines across
+            # two shards, so "the newest shard" alone would drop lines.
+            by_line: dict[int, _Stored] = {}
+            for line, s in same:
+                if line not in by_line or _number(s) > _number(by_line[line]):
+                    by_line[line] = s
+            rows = sorted(by_line.items(), key=lambda x: x[0])
             for line, s in rows:
                 keep.add((s.ref[0].name, s.ref[1]))
                 new_keys.add(("text", cap.rel, str(line)))
