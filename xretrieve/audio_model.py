@@ -394,16 +394,9 @@ class AudioTrainConfig:
     log_every: int = 0
 
     def __post_init__(self) -> None:
-        if self.max_seconds is None and self.max_steps is None:
-            raise InputError("give max_seconds, max_steps or both: training needs an end")
-        if self.max_seconds is not None and self.max_seconds <= 0:
-            raise InputError(f"max_seconds must be positive, got {self.max_seconds}")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise InputError(f"max_steps must be positive, got {self.max_steps}")
-        if self.batch_size < 2:
-            raise InputError(f"batch_size must be at least 2 (contrastive), got {self.batch_size}")
-        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or not 0 <= self.warmup_fraction < 1:
-            raise InputError("lr must be positive, min_lr_ratio in [0, 1], warmup in [0, 1)")
+        from xretrieve.train import check_schedule
+
+        check_schedule(self)
         if (
             self.text_weight < 0
             or self.image_weight < 0

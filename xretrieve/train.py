@@ -55,6 +55,22 @@ REPORT_FILE = "train_report.json"
 _SAVE_RESERVE_S = 2.0
 
 
+def check_schedule(config: Any) -> None:
+    """Validate the fields every training config shares: its end, batch, LR schedule, threads."""
+    if config.max_seconds is None and config.max_steps is None:
+        raise InputError("give max_seconds, max_steps or both: training needs an end")
+    if config.max_seconds is not None and config.max_seconds <= 0:
+        raise InputError(f"max_seconds must be positive, got {config.max_seconds}")
+    if config.max_steps is not None and config.max_steps <= 0:
+        raise InputError(f"max_steps must be positive, got {config.max_steps}")
+    if config.batch_size < 2:
+        raise InputError(f"batch_size must be at least 2 (contrastive), got {config.batch_size}")
+    if config.lr <= 0 or not 0 <= config.min_lr_ratio <= 1 or not 0 <= config.warmup_fraction < 1:
+        raise InputError("lr must be positive, min_lr_ratio in [0, 1], warmup in [0, 1)")
+    if config.threads is not None and config.threads <= 0:
+        raise InputError(f"threads must be positive, got {config.threads}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train; the defaults are the recipe tuned for a 2-core CPU in 3 minutes."""
@@ -77,18 +93,7 @@ class TrainConfig:
     log_every: int = 0
 
     def __post_init__(self) -> None:
-        if self.max_seconds is None and self.max_steps is None:
-            raise InputError("give max_seconds, max_steps or both: training needs an end")
-        if self.max_seconds is not None and self.max_seconds <= 0:
-            raise InputError(f"max_seconds must be positive, got {self.max_seconds}")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise InputError(f"max_steps must be positive, got {self.max_steps}")
-        if self.batch_size < 2:
-            raise InputError(f"batch_size must be at least 2 (contrastive), got {self.batch_size}")
-        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or not 0 <= self.warmup_fraction < 1:
-            raise InputError("lr must be positive, min_lr_ratio in [0, 1], warmup in [0, 1)")
-        if self.threads is not None and self.threads <= 0:
-            raise InputError(f"threads must be positive, got {self.threads}")
+        check_schedule(self)
 
 
 @dataclass(frozen=True)
