@@ -35,6 +35,7 @@ from torch import nn
 from xretrieve._fs import atomic_write_bytes
 from xretrieve.audio import AUDIO_EXTS, MelConfig, decode_audio, log_mel, mel_filterbank, windows
 from xretrieve.errors import FolderError, InputError, ModelError
+from xretrieve.train import budgeted_steps, check_schedule, clip_loss
 
 if TYPE_CHECKING:
     from xretrieve.encoders import Encoder
@@ -58,7 +59,6 @@ AUDIO_CONFIG_FILE = "audio_config.json"
 AUDIO_WEIGHTS_FILE = "audio_model.safetensors"
 AUDIO_TOWER_FORMAT = 1
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-_SAVE_RESERVE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -394,8 +394,6 @@ class AudioTrainConfig:
     log_every: int = 0
 
     def __post_init__(self) -> None:
-        from xretrieve.train import check_schedule
-
         check_schedule(self)
         if (
             self.text_weight < 0
@@ -414,15 +412,6 @@ class AudioTrainConfig:
             pooled_time=self.pooled_time,
             hidden=self.hidden,
         )
-
-    def lr_at(self, progress: float) -> float:
-        """Learning rate at a point of training (0 = start, 1 = end): warmup, cosine decay."""
-        p = min(max(progress, 0.0), 1.0)
-        if p < self.warmup_fraction:
-            return self.lr * p / self.warmup_fraction
-        t = (p - self.warmup_fraction) / (1.0 - self.warmup_fraction)
-        floor = self.lr * self.min_lr_ratio
-        return floor + (self.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 @dataclass(frozen=True)
@@ -446,12 +435,6 @@ class AudioTrainReport:
         d["model_dir"] = str(self.model_dir)
         d["config"]["channels"] = list(self.config.channels)
         return d
-
-
-def _clip_loss(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    logits = scale * a @ b.T
-    labels = torch.arange(len(a))
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
 def train_audio(
@@ -516,15 +499,6 @@ def _fit(
     tower: AudioTower, data: _Targets, *, config: AudioTrainConfig, t_start: float
 ) -> tuple[int, float, float]:
     """The training loop; returns (steps, mean loss of the last steps, final logit scale)."""
-    t0 = time.perf_counter()
-    deadline = None
-    if config.max_seconds is not None:
-        deadline = t_start + config.max_seconds - _SAVE_RESERVE_S
-        if deadline <= t0:
-            raise InputError(
-                f"max_seconds={config.max_seconds} is used up by loading the data "
-                f"({t0 - t_start:.1f} s): give more time"
-            )
     logit_scale = nn.Parameter(torch.tensor(config.init_logit_scale))
     decay = [p for p in tower.parameters() if p.ndim >= 2]
     free = [p for p in tower.parameters() if p.ndim < 2]
@@ -537,29 +511,16 @@ def _fit(
         betas=(0.9, 0.98),
         eps=1e-6,
     )
-    n = len(data.mel)
-    batch = min(config.batch_size, n)
     gen = torch.Generator().manual_seed(config.seed)
-    order = torch.randperm(n, generator=gen)
     has_text = data.caption_count > 0
     jitter = config.gain_jitter_db / 10.0  # log10 power units per dB / 10
-    cursor = step = 0
+    steps = 0
     recent: list[float] = []
     tower.train()
-    while True:
-        now = time.perf_counter()
-        progress = 0.0 if deadline is None else (now - t0) / (deadline - t0)
-        if config.max_steps is not None:
-            progress = max(progress, step / config.max_steps)
-        if progress >= 1.0:
-            break
+    for st in budgeted_steps(config, t_start=t_start, n=len(data.mel), gen=gen):
         for group in opt.param_groups:
-            group["lr"] = config.lr_at(progress)
-        if cursor + batch > n:
-            order = torch.randperm(n, generator=gen)
-            cursor = 0
-        idx = order[cursor : cursor + batch]
-        cursor += batch
+            group["lr"] = st.lr
+        idx = st.idx
         mel = data.mel[idx]
         if jitter > 0:
             mel = mel + (torch.rand(len(idx), 1, 1, generator=gen) * 2 - 1) * jitter
@@ -574,10 +535,10 @@ def _fit(
                 + (torch.rand(len(sel), generator=gen) * data.caption_count[sel]).long()
             )
             target = data.text[data.caption_ids[pick]]
-            loss = loss + config.text_weight * _clip_loss(emb[t_rows], target, scale)
+            loss = loss + config.text_weight * clip_loss(emb[t_rows], target, scale)
         i_rows = data.has_image[idx]
         if config.image_weight > 0 and int(i_rows.sum()) >= 2:
-            loss = loss + config.image_weight * _clip_loss(
+            loss = loss + config.image_weight * clip_loss(
                 emb[i_rows], data.image[idx[i_rows]], scale
             )
         opt.zero_grad(set_to_none=True)
@@ -585,15 +546,15 @@ def _fit(
         opt.step()
         with torch.no_grad():
             logit_scale.clamp_(0, config.max_logit_scale)
-        step += 1
+        steps = st.number + 1
         recent = [*recent[-19:], loss.item()]
-        if config.log_every and step % config.log_every == 0:
+        if config.log_every and steps % config.log_every == 0:
             print(
-                f"step {step} t={now - t0:.0f}s lr={opt.param_groups[0]['lr']:.2e} "
+                f"step {steps} t={st.elapsed:.0f}s lr={opt.param_groups[0]['lr']:.2e} "
                 f"loss={sum(recent) / len(recent):.3f} T={logit_scale.exp().item():.1f}",
                 flush=True,
             )
-    return step, sum(recent) / max(len(recent), 1), float(logit_scale.detach().exp())
+    return steps, sum(recent) / max(len(recent), 1), float(logit_scale.detach().exp())
 
 
 def with_overrides(config: AudioTrainConfig, **overrides: Any) -> AudioTrainConfig:

@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -177,7 +177,7 @@ def load_captioned_images(
     return CaptionedImages(pixels, tokens, starts, counts)
 
 
-def lr_at(progress: float, *, config: TrainConfig) -> float:
+def lr_at(progress: float, *, config: Any) -> float:
     """Learning rate at a point of training (0 = start, 1 = end): linear warmup, cosine decay."""
     p = min(max(progress, 0.0), 1.0)
     if p < config.warmup_fraction:
@@ -185,6 +185,56 @@ def lr_at(progress: float, *, config: TrainConfig) -> float:
     t = (p - config.warmup_fraction) / (1.0 - config.warmup_fraction)
     floor = config.lr * config.min_lr_ratio
     return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def clip_loss(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of two batches of unit rows whose i-th rows are the positive pair."""
+    logits = scale * a @ b.T
+    labels = torch.arange(len(a))
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a budgeted schedule: its number, learning rate and batch of row indices."""
+
+    number: int
+    lr: float
+    idx: torch.Tensor
+    elapsed: float
+
+
+def budgeted_steps(config: Any, *, t_start: float, n: int, gen: torch.Generator) -> Iterator[Step]:
+    """Batches of rows (reshuffled every epoch) with the LR schedule, until the budget is spent.
+
+    The budget is `config.max_seconds` (counted from `t_start`, so loading counts, minus a
+    reserve for saving) and/or `config.max_steps`; the schedule spans whichever ends first.
+    """
+    t0 = time.perf_counter()
+    deadline = None
+    if config.max_seconds is not None:
+        deadline = t_start + config.max_seconds - _SAVE_RESERVE_S
+        if deadline <= t0:
+            raise InputError(
+                f"max_seconds={config.max_seconds} is used up by loading the data "
+                f"({t0 - t_start:.1f} s): give more time"
+            )
+    batch = min(config.batch_size, n)
+    order = torch.randperm(n, generator=gen)
+    cursor = step = 0
+    while True:
+        now = time.perf_counter()
+        progress = 0.0 if deadline is None else (now - t0) / (deadline - t0)
+        if config.max_steps is not None:
+            progress = max(progress, step / config.max_steps)
+        if progress >= 1.0:
+            return
+        if cursor + batch > n:
+            order = torch.randperm(n, generator=gen)
+            cursor = 0
+        yield Step(step, lr_at(progress, config=config), order[cursor : cursor + batch], now - t0)
+        cursor += batch
+        step += 1
 
 
 def encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
@@ -428,15 +478,6 @@ def _fit(
     model: Any, data: CaptionedImages, *, config: TrainConfig, t_start: float
 ) -> tuple[int, float]:
     """The training loop; returns (steps, mean loss of the last steps)."""
-    t0 = time.perf_counter()
-    deadline = None
-    if config.max_seconds is not None:
-        deadline = t_start + config.max_seconds - _SAVE_RESERVE_S
-        if deadline <= t0:
-            raise InputError(
-                f"max_seconds={config.max_seconds} is used up by loading the data "
-                f"({t0 - t_start:.1f} s): give more time"
-            )
     model.train()
     with _CompactVocab(model, data.tokens) as vocab:
         tokens = vocab.remap(data.tokens)
@@ -446,7 +487,7 @@ def _fit(
             betas=(0.9, config.beta2),
             eps=1e-6,
         )
-        return _loop(model, data, tokens, opt, config=config, t0=t0, deadline=deadline)
+        return _loop(model, data, tokens, opt, config=config, t_start=t_start)
 
 
 def _loop(
@@ -456,52 +497,33 @@ def _loop(
     opt: torch.optim.Optimizer,
     *,
     config: TrainConfig,
-    t0: float,
-    deadline: float | None,
+    t_start: float,
 ) -> tuple[int, float]:
-    n = len(data.pixels)
-    batch = min(config.batch_size, n)
     gen = torch.Generator().manual_seed(config.seed)
-    labels = torch.arange(batch)
-    order = torch.randperm(n, generator=gen)
-    cursor = 0
-    step = 0
+    steps = 0
     recent: list[float] = []
-    while True:
-        now = time.perf_counter()
-        progress = 0.0
-        if deadline is not None:
-            progress = (now - t0) / (deadline - t0)
-        if config.max_steps is not None:
-            progress = max(progress, step / config.max_steps)
-        if progress >= 1.0:
-            break
+    for st in budgeted_steps(config, t_start=t_start, n=len(data.pixels), gen=gen):
         for group in opt.param_groups:
-            group["lr"] = lr_at(progress, config=config)
-        if cursor + batch > n:
-            order = torch.randperm(n, generator=gen)
-            cursor = 0
-        idx = order[cursor : cursor + batch]
-        cursor += batch
+            group["lr"] = st.lr
+        idx = st.idx
         pick = (
             data.caption_start[idx]
-            + (torch.rand(batch, generator=gen) * data.caption_count[idx]).long()
+            + (torch.rand(len(idx), generator=gen) * data.caption_count[idx]).long()
         )
         img = model.encode_image(data.pixels[idx], normalize=True)
         txt = encode_text_trimmed(model, tokens[pick])
-        logits = model.logit_scale.exp() * img @ txt.T
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        loss = clip_loss(img, txt, model.logit_scale.exp())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, config.max_logit_scale)
-        step += 1
+        steps = st.number + 1
         recent = [*recent[-19:], loss.item()]
-        if config.log_every and step % config.log_every == 0:
+        if config.log_every and steps % config.log_every == 0:
             print(
-                f"step {step} t={now - t0:.0f}s lr={opt.param_groups[0]['lr']:.2e} "
+                f"step {steps} t={st.elapsed:.0f}s lr={opt.param_groups[0]['lr']:.2e} "
                 f"loss={sum(recent) / len(recent):.3f} T={model.logit_scale.exp().item():.1f}",
                 flush=True,
             )
-    return step, sum(recent) / max(len(recent), 1)
+    return steps, sum(recent) / max(len(recent), 1)
