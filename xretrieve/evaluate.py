@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xretrieve.errors import InputError, MediaError
-from xretrieve.world import concept_key, load_labels
+from xretrieve.world import Label, concept_key, load_labels
 
 if TYPE_CHECKING:
     from xretrieve.encoders import Encoder
@@ -166,6 +166,36 @@ def _load_images(paths: Sequence[Path]) -> list[Any]:
     return images
 
 
+@dataclass(frozen=True)
+class WorldSplit:
+    """One split of a world: its labels, their concept keys, and every caption with its key."""
+
+    root: Path
+    labels: list[Label]
+    keys: list[frozenset[str]]
+    captions: list[str]
+    caption_keys: list[frozenset[str]]
+
+    def load_images(self) -> list[Any]:
+        """The split's images as RGB PIL images, in label order."""
+        return _load_images([self.root / lab.path for lab in self.labels])
+
+
+def world_split(world_dir: str | os.PathLike[str], split: str) -> WorldSplit:
+    """Read one split of a world made by `make-world`."""
+    root = Path(world_dir)
+    labels = [lab for lab in load_labels(root).values() if lab.split == split]
+    if not labels:
+        raise InputError(f"world {root} has no items in split {split!r}")
+    return WorldSplit(
+        root=root,
+        labels=labels,
+        keys=[concept_key(lab) for lab in labels],
+        captions=[c for lab in labels for c in lab.captions],
+        caption_keys=[concept_key(lab) for lab in labels for _ in lab.captions],
+    )
+
+
 def evaluate_world(
     encoder: Encoder,
     world_dir: str | os.PathLike[str],
@@ -174,21 +204,15 @@ def evaluate_world(
     ks: Sequence[int] = DEFAULT_KS,
 ) -> EvalReport:
     """Recall@K of `encoder` on one split of a world, text->image and image->text."""
-    root = Path(world_dir)
-    labels = [lab for lab in load_labels(root).values() if lab.split == split]
-    if not labels:
-        raise InputError(f"world {root} has no images in split {split!r}")
-    image_keys = [concept_key(lab) for lab in labels]
-    captions = [c for lab in labels for c in lab.captions]
-    caption_keys = [concept_key(lab) for lab in labels for _ in lab.captions]
-    img = encoder.encode_images(_load_images([root / lab.path for lab in labels]))
-    txt = encoder.encode_texts(captions)
+    ws = world_split(world_dir, split)
+    img = encoder.encode_images(ws.load_images())
+    txt = encoder.encode_texts(ws.captions)
     sim_ti = txt @ img.T
-    rel_ti = relevance_matrix(caption_keys, image_keys)
+    rel_ti = relevance_matrix(ws.caption_keys, ws.keys)
     return EvalReport(
         split=split,
-        n_images=len(labels),
-        n_captions=len(captions),
+        n_images=len(ws.labels),
+        n_captions=len(ws.captions),
         text_to_image=recall_at_k(sim_ti, rel_ti, ks),
         image_to_text=recall_at_k(sim_ti.T, rel_ti.T, ks),
         chance_text_to_image=chance_recall_at_k(rel_ti, ks),

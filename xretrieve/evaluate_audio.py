@@ -10,18 +10,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xretrieve.errors import FolderError, InputError
+from xretrieve.errors import FolderError
 from xretrieve.evaluate import (
     DEFAULT_KS,
-    _load_images,
     chance_recall_at_k,
     recall_at_k,
     relevance_matrix,
+    world_split,
 )
-from xretrieve.world import concept_key, load_labels
 
 if TYPE_CHECKING:
     from xretrieve.encoders import Encoder
@@ -74,27 +72,22 @@ def evaluate_audio(
     ks: Sequence[int] = DEFAULT_KS,
 ) -> AudioEvalReport:
     """Recall@K of `encoder` on the sounds of one split of a world (see `add_audio_to_world`)."""
-    root = Path(world_dir)
-    labels = [lab for lab in load_labels(root).values() if lab.split == split]
-    if not labels:
-        raise InputError(f"world {root} has no items in split {split!r}")
-    sounds = [(root / lab.path).with_suffix(".wav") for lab in labels]
+    ws = world_split(world_dir, split)
+    root = ws.root
+    sounds = [(root / lab.path).with_suffix(".wav") for lab in ws.labels]
     missing = [s for s in sounds if not s.is_file()]
     if missing:
         raise FolderError(
             f"{len(missing)} image(s) of {root} have no sound (e.g. {missing[0]}): "
             "make the world with `xretrieve make-world --audio`"
         )
-    keys = [concept_key(lab) for lab in labels]
-    captions = [c for lab in labels for c in lab.captions]
-    caption_keys = [concept_key(lab) for lab in labels for _ in lab.captions]
     aud = encoder.encode_audio(sounds)
-    img = encoder.encode_images(_load_images([root / lab.path for lab in labels]))
-    txt = encoder.encode_texts(captions)
+    img = encoder.encode_images(ws.load_images())
+    txt = encoder.encode_texts(ws.captions)
     sim_ai = aud @ img.T
-    rel_ai = relevance_matrix(keys, keys)
+    rel_ai = relevance_matrix(ws.keys, ws.keys)
     sim_ta = txt @ aud.T
-    rel_ta = relevance_matrix(caption_keys, keys)
+    rel_ta = relevance_matrix(ws.caption_keys, ws.keys)
     pairs = {
         "audio->image": (sim_ai, rel_ai),
         "image->audio": (sim_ai.T, rel_ai.T),
@@ -103,8 +96,8 @@ def evaluate_audio(
     }
     return AudioEvalReport(
         split=split,
-        n_sounds=len(labels),
-        n_captions=len(captions),
+        n_sounds=len(ws.labels),
+        n_captions=len(ws.captions),
         recall={d: recall_at_k(s, r, ks) for d, (s, r) in pairs.items()},
         chance={d: chance_recall_at_k(r, ks) for d, (s, r) in pairs.items()},
         model=encoder.spec.name,
