@@ -54,6 +54,14 @@ ModelConfigOpt = Annotated[
 ]
 
 
+MaxSecondsOpt = Annotated[
+    float | None, typer.Option(help="Wall-clock budget; the LR schedule spans it.")
+]
+MaxStepsOpt = Annotated[int | None, typer.Option(help="Stop after this many steps.")]
+LrOpt = Annotated[float | None, typer.Option(help="Peak learning rate.")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+
+
 def quiet_libraries() -> None:
     # open_clip and huggingface_hub log warnings for expected situations (random init, offline).
     logging.getLogger().setLevel(logging.ERROR)

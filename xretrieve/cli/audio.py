@@ -7,7 +7,19 @@ from typing import Annotated
 
 import typer
 
-from xretrieve.cli._app import DeviceOpt, JsonOpt, app, fail, out, print_json, training_config
+from xretrieve.cli._app import (
+    DeviceOpt,
+    JsonOpt,
+    LrOpt,
+    MaxSecondsOpt,
+    MaxStepsOpt,
+    SeedOpt,
+    app,
+    fail,
+    out,
+    print_json,
+    training_config,
+)
 from xretrieve.errors import XRetrieveError
 
 
@@ -24,13 +36,11 @@ def train_audio_cmd(
             "of the same stem (clip.wav + clip.txt / clip.png)."
         ),
     ],
-    max_seconds: Annotated[
-        float | None, typer.Option(help="Wall-clock budget; the LR schedule spans it.")
-    ] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    max_seconds: MaxSecondsOpt = None,
+    max_steps: MaxStepsOpt = None,
     batch_size: Annotated[int | None, typer.Option(help="Sounds per step.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    lr: LrOpt = None,
+    seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
 ) -> None:

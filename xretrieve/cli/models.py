@@ -12,8 +12,12 @@ import typer
 from xretrieve.cli._app import (
     DeviceOpt,
     JsonOpt,
+    LrOpt,
+    MaxSecondsOpt,
+    MaxStepsOpt,
     ModelConfigOpt,
     PretrainedOpt,
+    SeedOpt,
     app,
     fail,
     out,
@@ -74,13 +78,11 @@ def train_cmd(
         str | None, typer.Option("--model", "-m", help="Architecture config to train.")
     ] = None,
     model_config: ModelConfigOpt = None,
-    max_seconds: Annotated[
-        float | None, typer.Option(help="Wall-clock budget; the LR schedule spans it.")
-    ] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    max_seconds: MaxSecondsOpt = None,
+    max_steps: MaxStepsOpt = None,
     batch_size: Annotated[int | None, typer.Option(help="Image-caption pairs per step.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    lr: LrOpt = None,
+    seed: SeedOpt = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a small CLIP from scratch (contrastive loss) on captioned images."""
