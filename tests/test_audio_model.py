@@ -190,7 +190,9 @@ def test_short_training_retrieves_far_above_chance(tmp_path: Path) -> None:
     train(
         world / "train",
         model,
-        config=TrainConfig(model="xr-tiny", max_seconds=None, max_steps=150, batch_size=64),
+        config=TrainConfig(
+            model="xr-tiny", max_seconds=None, max_steps=150, batch_size=64, lr=3e-4
+        ),
     )
     train_audio(
         model, world, config=AudioTrainConfig(max_seconds=None, max_steps=150, batch_size=64)

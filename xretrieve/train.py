@@ -79,7 +79,7 @@ class TrainConfig:
     max_seconds: float | None = 175.0
     max_steps: int | None = None
     batch_size: int = 128
-    lr: float = 3e-4
+    lr: float = 2e-3
     min_lr_ratio: float = 0.02
     warmup_fraction: float = 0.03
     weight_decay: float = 0.05
