@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import xretrieve
+from xretrieve import IndexOptions, index_folder
 from xretrieve.errors import EmptyQueryError, InputError, MediaError, ModelMismatchError
 
 
@@ -343,3 +344,28 @@ def test_refresh_sees_a_new_generation(
     assert idx.refresh() and idx.manifest.rows_by_modality()["text"] == before + 2
     assert not idx.refresh()
     assert len(idx.search("one caption", modality="text", k=before + 2)) == before + 2
+
+
+def test_an_open_index_keeps_its_generation_across_writes(
+    tiny_encoder: xretrieve.Encoder, media_dir: Path, tmp_path: Path
+) -> None:
+    """Opened, nothing loaded yet, then three re-index runs land: the old view, whole."""
+    idx_dir = tmp_path / "idx"
+    opts = IndexOptions(progress=False)
+    index_folder(media_dir, idx_dir, encoder=tiny_encoder, options=opts)
+    idx = xretrieve.open_index(idx_dir, device="cpu")
+    n_images = idx.manifest.rows_by_modality()["image"]
+    first = idx.manifest.shards[0].index_file.name
+    victims = sorted(media_dir.glob("*.png"))[:3]
+    for v in victims:  # each run rewrites the shards of the deleted file
+        v.unlink()
+        index_folder(media_dir, idx_dir, encoder=tiny_encoder, options=opts)
+    assert (idx_dir / "shards" / first).exists()  # kept for the open index
+    hits = idx.search("a red circle", k=n_images + 10)
+    assert len(hits) == n_images  # the view of the generation it opened, deleted files too
+    assert {v.name for v in victims} <= {Path(h.path).name for h in hits}
+    assert idx.refresh()
+    hits = idx.search("a red circle", k=n_images + 10)
+    assert len(hits) == n_images - 3
+    assert not {v.name for v in victims} & {Path(h.path).name for h in hits}
+    idx.close()

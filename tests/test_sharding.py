@@ -130,24 +130,56 @@ def test_reader_keeps_a_consistent_view_across_writes(
     idx = tmp_path / "idx"
     index_folder(tree, idx, encoder=tiny_encoder, options=_opts())
     reader = store.Reader(idx)  # opened before the writes, nothing loaded yet
+    assert reader.pinned
     before = reader.manifest
-    images_before = reader.shards("image")  # half the view loaded now...
+    images_before = reader.shards("image")  # part of the view loaded now...
 
     victims = sorted(tree.rglob("*.png"))
-    victims[0].unlink()
-    index_folder(tree, idx, encoder=tiny_encoder, options=_opts())  # generation N+1
-    texts = reader.shards("text")  # ...the other half after a write: still generation N
+    for i in range(3):  # three more generations land: without the pin, N's files would go
+        victims[i].unlink()
+        index_folder(tree, idx, encoder=tiny_encoder, options=_opts())
+    assert store.read_manifest(idx).generation >= before.generation + 3
+    texts = reader.shards("text")  # ...the rest after the writes: still generation N
     assert reader.manifest.generation == before.generation
     assert sum(s.metadata.num_rows for s in images_before + texts) == before.rows
+    gone = ("image", victims[0].relative_to(tree).as_posix(), None)
+    assert gone in _keys(images_before)
 
-    victims[1].unlink()
-    index_folder(tree, idx, encoder=tiny_encoder, options=_opts())  # N+2: N's files removed
-    late = store.Reader(idx, manifest=before)  # a reader of N that had loaded nothing
+    reader.close()  # the pin goes; the next write removes N's files
+    victims[3].unlink()
+    index_folder(tree, idx, encoder=tiny_encoder, options=_opts())
+    shard_dir = idx / store.SHARDS_DIR
+    assert not (shard_dir / before.shards[0].index_file.name).exists()
+    assert list((idx / store.READERS_DIR).iterdir()) == []
+    late = store.Reader(idx, manifest=before)  # a reader of N whose files are gone
     shards = late.shards()
     now = store.read_manifest(idx)
     assert late.manifest.generation == now.generation > before.generation + 1
     assert len(_keys(shards)) == now.rows == len(set(_keys(shards)))
-    assert ("image", victims[1].relative_to(tree).as_posix(), None) not in _keys(shards)
+    assert ("image", victims[3].relative_to(tree).as_posix(), None) not in _keys(shards)
+
+
+def test_a_dead_readers_pin_is_released(tree: Path, tiny_encoder: Encoder, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    idx = tmp_path / "idx"
+    index_folder(tree, idx, encoder=tiny_encoder, options=_opts())
+    before = store.read_manifest(idx)
+    # A reader in another process pins generation N, then dies without closing (SIGKILL).
+    code = (
+        "import os, signal, sys; from xretrieve import store; "
+        f"r = store.Reader({str(idx)!r}); assert r.pinned; os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=False)
+    assert len(list((idx / store.READERS_DIR).glob("*.pin"))) == 1
+    victims = sorted(tree.rglob("*.png"))
+    for v in victims[:2]:
+        v.unlink()
+        index_folder(tree, idx, encoder=tiny_encoder, options=_opts())
+    # The dead pin protected nothing: it was removed, and N's files with it.
+    assert list((idx / store.READERS_DIR).iterdir()) == []
+    assert not (idx / store.SHARDS_DIR / before.shards[0].meta_file.name).exists()
 
 
 def test_reader_opened_during_a_write_sees_one_generation(

@@ -306,9 +306,9 @@ class Index:
 
     def __init__(self, path: Path, manifest: store.Manifest, encoder: Encoder) -> None:
         self.path = path
-        self.manifest = manifest
         self.encoder = encoder
-        self._shards: dict[str, store.LoadedShard] = {}
+        # The reader pins this generation's files: the view holds until `refresh()`.
+        self._reader = store.Reader(path, manifest)
         self._filter = Filter()
         self._wheres: dict[str, Where] = {}
         self._lexical: dict[str, LexicalIndex] = {}
@@ -322,33 +322,33 @@ class Index:
         """The media folder the index was built from."""
         return self.manifest.root
 
+    @property
+    def manifest(self) -> store.Manifest:
+        """The manifest of the generation this index object serves."""
+        return self._reader.manifest
+
     def refresh(self) -> bool:
-        """Re-read the manifest; drop caches of shards it no longer names. True if it changed."""
-        m = store.read_manifest(self.path)
-        if m.generation == self.manifest.generation:
+        """Move to the newest generation, if one has landed since; True if it changed."""
+        if not self._reader.refresh():
             return False
-        live = {s.meta_file.name for s in m.shards}
-        self._shards = {k: v for k, v in self._shards.items() if v.info.meta_file.name in live}
-        self.manifest = m
         self._filter = Filter()
         self._lexical.clear()
         self._selectors.clear()
         return True
 
+    def close(self) -> None:
+        """Let writers remove this generation's files (also done when the object is freed)."""
+        self._reader.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def shards(self, modality: Modality | None = None) -> list[store.LoadedShard]:
         """The shards holding `modality` (all when None), read from disk on first use."""
-        out = []
-        for info in self.manifest.shards:
-            if modality is None or info.modality == modality:
-                cached = self._shards.get(info.name)
-                if cached is None or cached.info.meta_file != info.meta_file:
-                    cached = store.load_shard(self.path, info)
-                    # One chunk per column: `take` on a many-chunk column costs ~20 ms at 1M
-                    # rows (measured), on one chunk microseconds.
-                    cached.metadata = cached.metadata.combine_chunks()
-                    self._shards[info.name] = cached
-                out.append(cached)
-        return out
+        return self._reader.shards(modality)
 
     # -- query vectors ----------------------------------------------------------------------
 
