@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -47,9 +48,12 @@ import json, os, random, shutil, signal, sys, time
 import torch
 torch.set_num_threads(1)
 from xretrieve.encoders import load_encoder
+from xretrieve import indexer
 from xretrieve.indexer import IndexOptions, index_folder
 
 cfg = json.loads(sys.argv[1])
+indexer.COMPACT_ROWS = cfg.get("compact_rows", indexer.COMPACT_ROWS)
+indexer.COMPACT_DELETED_FRACTION = cfg.get("deleted_fraction", indexer.COMPACT_DELETED_FRACTION)
 enc = load_encoder("xr-tiny", pretrained=None, device="cpu", batch_size=2)
 opts = IndexOptions(**cfg["opts"])
 
@@ -92,7 +96,10 @@ def _rows(idx: Path) -> tuple[list[tuple], dict[tuple, np.ndarray]]:  # type: ig
     for info in m.shards:
         shard = store.load_shard(idx, info, verify=True)
         v = ann.reconstruct_vectors(shard.index)
-        for r, vec in zip(shard.metadata.to_pylist(), v, strict=True):
+        deleted = set(shard.deleted.tolist())
+        for i, (r, vec) in enumerate(zip(shard.metadata.to_pylist(), v, strict=True)):
+            if i in deleted:
+                continue
             key = (r["modality"], r["path"], r["line"])
             rows.append((*key, r["content_hash"], r["caption"], r["image_path"], r["bytes"]))
             vecs[key] = vec
@@ -130,13 +137,14 @@ def resume_setup(
     return folder, base, fresh
 
 
-def _drive(work: Path, folder: Path, base: Path, scenarios: list[tuple]) -> dict:  # type: ignore[type-arg]
+def _drive(work: Path, folder: Path, base: Path, scenarios: list[tuple], **extra: Any) -> dict:  # type: ignore[type-arg]
     cfg = {
         "folder": str(folder),
         "base": str(base),
         "work": str(work),
         "opts": OPTS,
         "scenarios": scenarios,
+        **extra,
     }
     r = subprocess.run(
         [sys.executable, "-c", DRIVER, json.dumps(cfg)],
@@ -172,6 +180,23 @@ def test_kill_at_each_point_then_resume(
     for name, (_, resumed) in results.items():
         assert resumed == 0, (name, results)
         _check_exact(tmp_path / name, fresh)
+
+
+def test_kill_then_resume_with_deleted_row_lists(
+    resume_setup: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """Shards of 2+ rows count as big and keep up to 90 % deleted rows: replaced and removed
+    rows are listed, not rewritten."""
+    folder, base, fresh = resume_setup
+    points = ["after-manifest:1", "after-manifest:2", "before-manifest:3", "merged-shard:1"]
+    scenarios = [(f"d{i}", point, None) for i, point in enumerate(points)]
+    scenarios.append(("d-none", None, None))
+    results = _drive(tmp_path, folder, base, scenarios, compact_rows=2, deleted_fraction=0.9)
+    for name, (_, resumed) in results.items():
+        assert resumed == 0, (name, results)
+        _check_exact(tmp_path / name, fresh)
+    listed = store.read_manifest(tmp_path / "d-none")
+    assert any(s.deleted_rows for s in listed.shards)  # the lists were really used
 
 
 @pytest.mark.slow

@@ -9,14 +9,18 @@ One run, holding the index's writer lock:
    feed encoder batches in order). A file whose bytes hash to a known vector (renamed,
    copied, touched) is not decoded nor encoded again. Every `commit_every` items (or
    `commit_seconds`) the new rows are written as small delta shards and a new generation is
-   committed that holds the old shards plus every delta so far.
-3. *Finish*: one last generation drops the rows of deleted and changed files and merges the
-   deltas (and small or re-partitioned shards) into shards of at most `max_rows_per_shard`,
-   split by modality and by the `shard_by` partition.
+   committed that holds the old shards plus every delta so far. The same generation marks
+   the stored rows those new rows replace as deleted, and the first one also the rows of
+   files gone from the folder, so no generation shows a file twice or a deleted file.
+3. *Finish*: one last generation drops the rows of files that are no longer indexed and
+   merges the deltas (and small or re-partitioned shards) into shards of at most
+   `max_rows_per_shard`, split by modality and by the `shard_by` partition. A big shard that
+   lost at most `COMPACT_DELETED_FRACTION` of its rows keeps its files and a list of deleted
+   rows instead of being rewritten (its ANN index is not trained again).
 
 A killed run leaves the last committed generation; the next run sees the committed files as
 unchanged and goes on from there, and step 3 removes any older copy, so each file ends up in
-the index exactly once. Until step 3 lands, readers see the old index plus what was added.
+the index exactly once.
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ __all__ = ["IndexOptions", "IndexReport", "bounded_map", "index_folder"]
 #: Shards smaller than this are merged with their partition's new rows at the end of a run
 #: (they are exact Flat shards, so their vectors come back bit for bit).
 COMPACT_ROWS = ann.FLAT_MAX_N
+#: A shard at least COMPACT_ROWS big is rewritten only when more than this fraction of its
+#: rows is deleted; below that, its deleted rows are listed and skipped by searches.
+COMPACT_DELETED_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,7 @@ def _read_known(index_dir: Path, manifest: store.Manifest) -> _Known:
     for info in manifest.shards:
         t = store.read_metadata(index_dir, info, columns=_PLAN_COLUMNS)
         cols = {name: _column(t, name) for name in _PLAN_COLUMNS}
+        deleted = set(store.read_deleted(index_dir, info).tolist())
         for row in range(t.num_rows):
             raw = cols["path_bytes"][row]
             rel = os.fsdecode(raw) if raw is not None else cols["path"][row]
@@ -200,13 +208,16 @@ def _read_known(index_dir: Path, manifest: store.Manifest) -> _Known:
                 {c: cols[c][row] for c in store.FACT_COLUMNS if cols[c][row] is not None},
                 cols["image_path"][row],
             )
+            # A deleted row's vector can still be reused; the row itself is not in the index.
+            known.vectors.setdefault(s.sha, ((info, row), s.facts))
+            if row in deleted:
+                continue
             if cols["modality"][row] == "text":
                 known.texts_by_path.setdefault(rel, []).append((line, s))
                 key: tuple[str, ...] = ("text", rel, str(line))
             else:
                 key = (cols["modality"][row], rel)
             known.rows.setdefault(key, []).append(s)
-            known.vectors.setdefault(s.sha, ((info, row), s.facts))
     return known
 
 
@@ -276,6 +287,21 @@ def _table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=store.METADATA_SCHEMA)
 
 
+def _key(row: dict[str, Any]) -> tuple[str, ...]:
+    """The identity of an item across runs: modality and path (and line, for a caption)."""
+    rel = os.fsdecode(row["path_bytes"]) if row.get("path_bytes") is not None else row["path"]
+    if row["modality"] == "text":
+        return ("text", rel, str(row["line"]))
+    return (row["modality"], rel)
+
+
+def _gone_files(scan: Scan, known: _Known) -> list[Ref]:
+    """Stored rows whose file is no longer in the folder at all."""
+    present = {(f.modality, f.rel) for f in (*scan.images, *scan.audio)}
+    present |= {("text", f.rel) for f in scan.captions}
+    return [s.ref for key, rows in known.rows.items() if key[:2] not in present for s in rows]
+
+
 def _partition_value(key: str | None, row: dict[str, Any]) -> Any:
     return None if key in (None, "none") else row[key]
 
@@ -322,6 +348,8 @@ class _Committer:
         # Content hashes met in this run and not yet committed: their first item.
         self.waiting: dict[str, _Item] = {}
         self.last_commit = time.monotonic()
+        # Stored rows to mark deleted in the next commit (files gone from the folder).
+        self.gone: list[Ref] = []
 
     def add(self, item: _Item) -> None:
         self.pending.append(item)
@@ -348,8 +376,9 @@ class _Committer:
                 infos[info.name] = info
             else:  # pragma: no cover - every item is encoded before a commit
                 raise RuntimeError("an item reached a commit without a vector")
+        current = {s.name: s for s in self.shards}
         for name, wanted in by_shard.items():
-            built = store.load_shard(self.writer.dir, infos[name]).index
+            built = store.load_shard(self.writer.dir, current.get(name, infos[name])).index
             rows = np.array([r for _, r in wanted], np.int64)
             vecs = ann.reconstruct_vectors(built, rows)
             out[[i for i, _ in wanted]] = vecs
@@ -383,6 +412,7 @@ class _Committer:
                         ((info, j), _facts(item.row)),
                     )
                 offset += info.rows
+        self._delete_replaced()
         self.shards.sort(key=_shard_order)
         self.writer.commit(
             self.shards + self.corpora,
@@ -394,7 +424,24 @@ class _Committer:
         self.report.commits += 1
         self.pending.clear()
         self.waiting.clear()
+        self.gone.clear()
         self.last_commit = time.monotonic()
+
+    def _delete_replaced(self) -> None:
+        """Mark deleted the stored rows that the pending rows replace, and those of gone files."""
+        refs = list(self.gone)
+        for item in self.pending:
+            refs += [s.ref for s in self.known.rows.get(_key(item.row), [])]
+        by_shard: dict[str, list[int]] = defaultdict(list)
+        for info, row in refs:
+            by_shard[info.name].append(row)
+        if by_shard:
+            self.shards = [
+                self.writer.write_deletions(s, np.array(by_shard[s.name], np.int64))
+                if s.name in by_shard
+                else s
+                for s in self.shards
+            ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -713,33 +760,37 @@ def _finish(
     writer = committer.writer
     delta_names = {s.name for s in committer.deltas}
 
-    def stale_rows(info: store.ShardInfo) -> bool:
-        return info.name not in delta_names and any(
-            (info.name, r) not in keep for r in range(info.rows)
-        )
+    def stale_rows(info: store.ShardInfo) -> list[int]:
+        if info.name in delta_names:
+            return []
+        return [r for r in range(info.rows) if (info.name, r) not in keep]
 
+    big = min(COMPACT_ROWS, opts.max_rows_per_shard)
     groups: dict[tuple[str, Any], list[store.ShardInfo]] = defaultdict(list)
     for s in committer.shards:
         groups[(s.modality, s.partition.get("value"))].append(s)
     rework: list[store.ShardInfo] = []
+    trimmed: dict[str, store.ShardInfo] = {}  # big shards that only get deleted rows
     for members in groups.values():
-        small = [
-            s
-            for s in members
-            if s.rows < min(COMPACT_ROWS, opts.max_rows_per_shard) or s.name in delta_names
-        ]
+        small = [s for s in members if s.rows < big or s.name in delta_names]
         for s in members:
+            stale = stale_rows(s)
             if (
-                (s.name not in delta_names and stale_rows(s))
-                or s.partition.get("key") != opts.shard_by
+                s.partition.get("key") != opts.shard_by
                 or (s in small and len(small) > 1)
                 or (s.name in delta_names and opts.index_type is not None)
             ):
                 rework.append(s)
-    if not rework:
-        return False  # the deltas already committed are the final shards
+            elif stale and s.rows >= big and len(stale) <= COMPACT_DELETED_FRACTION * s.rows:
+                info = writer.write_deletions(s, np.array(stale, np.int64))
+                if info != s:
+                    trimmed[s.name] = info
+            elif stale:
+                rework.append(s)
+    if not rework and not trimmed:
+        return False  # the generation already committed is the final one
     rework_names = {s.name for s in rework}
-    final = [s for s in committer.shards if s.name not in rework_names]
+    final = [trimmed.get(s.name, s) for s in committer.shards if s.name not in rework_names]
     buffers: dict[tuple[Modality, Any], tuple[list[Vectors], list[pa.Table]]] = defaultdict(
         lambda: ([], [])
     )
@@ -867,6 +918,7 @@ def index_folder(
             report=report,
         )
         committer.corpora = corpora
+        committer.gone = _gone_files(scan, known)
 
         def stats() -> dict[str, Any]:
             report.seconds = time.perf_counter() - started

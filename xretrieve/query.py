@@ -228,6 +228,11 @@ def _selector_params(
     return sp
 
 
+def _shard_key(s: store.LoadedShard) -> tuple[str, str]:
+    """What identifies a shard's rows and deletions across generations: its file names."""
+    return s.info.meta_file.name, s.info.deleted.name if s.info.deleted else ""
+
+
 def _as_terms(x: QueryTerm | Sequence[QueryTerm] | None) -> list[QueryTerm]:
     if x is None:
         return []
@@ -312,7 +317,9 @@ class Index:
         self._filter = Filter()
         self._wheres: dict[str, Where] = {}
         self._lexical: dict[str, LexicalIndex] = {}
-        self._selectors: dict[tuple[str, str], tuple[Any, np.ndarray]] = {}
+        self._selectors: dict[tuple[str, str, str], tuple[Any, np.ndarray]] = {}
+        # Allowed rows per (WHERE, shard files): filter result less deleted rows.
+        self._live: dict[tuple[str, str, str], Ids] = {}
 
     def __repr__(self) -> str:
         return f"Index({str(self.path)!r}, rows={self.manifest.rows}, model={self.manifest.model['name']!r})"
@@ -334,6 +341,7 @@ class Index:
         self._filter = Filter()
         self._lexical.clear()
         self._selectors.clear()
+        self._live.clear()
         return True
 
     def close(self) -> None:
@@ -535,7 +543,8 @@ class Index:
     def _search(self, q: Vectors, text: str | None, opts: SearchOptions, timer: _Timer) -> Hits:
         shards = self.shards(opts.modality)
         timer.lap("load")  # reading shards from disk: only the first query pays
-        allowed = self._allowed(shards, opts.where, timer) if opts.where else None
+        restricted = opts.where or any(sh.info.deleted_rows for sh in shards)
+        allowed = self._allowed(shards, opts.where, timer) if restricted else None
         if not shards:
             return Hits([], timer.ms)
         cand = self._dense(shards, q, opts, allowed)
@@ -571,21 +580,36 @@ class Index:
         return w
 
     def _allowed(
-        self, shards: list[store.LoadedShard], sql: str, timer: _Timer
+        self, shards: list[store.LoadedShard], sql: str | None, timer: _Timer
     ) -> list[Ids | None]:
-        """Allowed rows per shard (None: whole shard skipped by its partition statistics)."""
-        w = self._where(sql)
+        """Allowed rows per shard: those the WHERE expression keeps, less deleted rows.
+
+        None means the whole shard is skipped (ruled out by its partition statistics).
+        """
+        w = self._where(sql) if sql else None
         out: list[Ids | None] = []
         for s in shards:
-            if not shard_may_match(w, s.info.partition):
+            if w is not None and not shard_may_match(w, s.info.partition):
                 out.append(None)
                 continue
-            out.append(self._filter.allowed_rows(w, s.info.meta_file.name, s.metadata))
+            key = (sql or "", *_shard_key(s))
+            rows = self._live.get(key)
+            if rows is None:
+                if w is not None:
+                    rows = self._filter.allowed_rows(w, s.info.meta_file.name, s.metadata)
+                else:
+                    rows = np.arange(s.info.rows, dtype=np.int64)
+                if len(s.deleted):
+                    rows = np.setdiff1d(rows, s.deleted, assume_unique=True)
+                if len(self._live) >= _CACHE_ENTRIES:
+                    self._live.pop(next(iter(self._live)))  # the oldest
+                self._live[key] = rows
+            out.append(rows)
         timer.lap("filter")
         return out
 
     def _selector(self, shard: store.LoadedShard, sql: str, rows: Ids) -> Any:
-        key = (sql, shard.info.meta_file.name)
+        key = (sql, *_shard_key(shard))
         got = self._selectors.get(key)
         if got is None:
             mask = np.zeros(shard.info.rows, bool)
@@ -822,10 +846,11 @@ class Index:
                 {
                     "name": s.name,
                     "modality": s.modality,
-                    "rows": s.rows,
+                    "rows": s.live_rows,
+                    "deleted_rows": s.deleted_rows,
                     "index_type": s.index_type,
                     **({"ann": s.ann} if s.ann else {}),
-                    "bytes": s.index_file.bytes + s.meta_file.bytes,
+                    "bytes": sum(f.bytes for f in s.files()),
                 }
                 for s in m.shards
             ],

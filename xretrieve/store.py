@@ -6,6 +6,7 @@ Layout (format v1)::
       manifest.json               written last, atomically: what readers trust
       shards/<shard>.g<N>.faiss   one FAISS index per shard (ids = row numbers)
       shards/<shard>.g<N>.parquet one metadata row per vector, same order
+      shards/<shard>.g<N>.deleted.npy  rows of the shard that no longer count (tombstones)
       readers/<id>.pin            one per live `Reader`: the files of the generation it reads
       .lock                       held by the one writer
 
@@ -23,6 +24,10 @@ and starts over on the new generation.
 
 A writer (holding `lock_index`) commits in steps with a `Writer`: `write_shard` any number of
 times, then `commit` the shard list; each commit is one new generation.
+
+Deleting or replacing a few rows of a big shard does not rewrite it: the new generation names
+the same two files plus a list of deleted row numbers, which searches skip. A manifest that
+uses such lists says format 2, so an older xretrieve refuses it instead of showing the rows.
 
 Metadata columns added after v1 (`folder`, `year`, `path_bytes`) are additive: v1 shards are
 filled in on read (`upgrade_metadata`), and readers of v1 ignore the extra columns.
@@ -43,6 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -55,7 +61,7 @@ from xretrieve.errors import (
     IndexNotFoundError,
     IndexStoreError,
 )
-from xretrieve.types import Modality, Vectors
+from xretrieve.types import Ids, Modality, Vectors
 
 __all__ = [
     "FORMAT_VERSION",
@@ -75,6 +81,7 @@ __all__ = [
     "lock_index",
     "partition_stats",
     "pinned_files",
+    "read_deleted",
     "read_manifest",
     "read_metadata",
     "top_folder",
@@ -82,7 +89,9 @@ __all__ = [
     "write_generation",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The format a manifest without deleted-row lists is written in (readable by older versions).
+_PLAIN_FORMAT = 1
 MANIFEST = "manifest.json"
 SHARDS_DIR = "shards"
 READERS_DIR = "readers"
@@ -145,6 +154,18 @@ class ShardInfo:
     # {"key": "none"|"folder"|"year", "value": <value or None>,
     #  "stats": {column: {"min": ..., "max": ...}}}  (mtime as ISO strings)
     partition: dict[str, Any] = field(default_factory=dict)
+    # Rows that no longer count (sorted int64 row numbers in a .npy file), and how many.
+    deleted: ShardFile | None = None
+    deleted_rows: int = 0
+
+    @property
+    def live_rows(self) -> int:
+        """Rows a search can return: all rows less the deleted ones."""
+        return self.rows - self.deleted_rows
+
+    def files(self) -> tuple[ShardFile, ...]:
+        """The shard's files on disk."""
+        return (self.index_file, self.meta_file, *((self.deleted,) if self.deleted else ()))
 
 
 @dataclass(frozen=True)
@@ -164,12 +185,13 @@ class Manifest:
 
     @property
     def rows(self) -> int:
-        return sum(s.rows for s in self.shards)
+        """Items in the index (deleted rows not counted)."""
+        return sum(s.live_rows for s in self.shards)
 
     def rows_by_modality(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for s in self.shards:
-            out[s.modality] = out.get(s.modality, 0) + s.rows
+            out[s.modality] = out.get(s.modality, 0) + s.live_rows
         return out
 
     def to_json(self) -> str:
@@ -195,6 +217,7 @@ class Manifest:
                         **s,
                         "index_file": ShardFile(**s["index_file"]),
                         "meta_file": ShardFile(**s["meta_file"]),
+                        "deleted": ShardFile(**s["deleted"]) if s.get("deleted") else None,
                         "partition": s.get("partition") or _UNKNOWN_PARTITION,
                     }
                 )
@@ -236,11 +259,12 @@ class ShardPayload:
 
 @dataclass
 class LoadedShard:
-    """A shard read back: its ANN index and its metadata table."""
+    """A shard read back: its ANN index, its metadata table and its deleted rows."""
 
     info: ShardInfo
     index: ann.BuiltIndex
     metadata: pa.Table
+    deleted: Ids = field(default_factory=lambda: np.empty(0, np.int64))
 
 
 def _describe(path: Path) -> ShardFile:
@@ -445,6 +469,21 @@ class Writer:
             kill_point("shard-written")
         return out
 
+    def write_deletions(self, info: ShardInfo, rows: Ids) -> ShardInfo:
+        """`info` with `rows` (and the rows it already had deleted) deleted, not yet committed.
+
+        The shard's own files stay; only a small list of row numbers is written.
+        """
+        old = read_deleted(self.dir, info)
+        merged = np.union1d(old, np.asarray(rows, np.int64)).astype(np.int64)
+        if len(merged) == len(old):
+            return info
+        if len(merged) and (merged[0] < 0 or merged[-1] >= info.rows):
+            raise IndexStoreError(f"shard {info.name}: deleted rows out of range")
+        path = self.shard_dir / f"{info.name}.g{self.generation}.deleted.npy"
+        atomic_write(path, lambda tmp: _save_rows(tmp, merged))
+        return replace(info, deleted=_describe(path), deleted_rows=len(merged))
+
     def commit(
         self,
         shards: Sequence[ShardInfo],
@@ -465,7 +504,7 @@ class Writer:
         previous = self.manifest
         now = time.time()
         manifest = Manifest(
-            format_version=FORMAT_VERSION,
+            format_version=FORMAT_VERSION if any(s.deleted for s in shards) else _PLAIN_FORMAT,
             generation=self.generation,
             root=root,
             model=model,
@@ -511,6 +550,11 @@ def write_generation(
     return w.commit(shards, root=root, model=model, dim=dim, stats=stats)
 
 
+def _save_rows(path: Path, rows: Ids) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would add ".npy" to a name
+        np.save(f, rows, allow_pickle=False)
+
+
 def _write_text(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
@@ -522,7 +566,7 @@ def _slice_payload(p: ShardPayload, start: int, stop: int) -> ShardPayload:
 
 
 def _shard_files(manifest: Manifest) -> set[str]:
-    return {f.name for s in manifest.shards for f in (s.index_file, s.meta_file)}
+    return {f.name for s in manifest.shards for f in s.files()}
 
 
 def _collect_garbage(shard_dir: Path, manifest: Manifest, previous: Manifest | None) -> None:
@@ -658,6 +702,23 @@ def read_metadata(
         raise IndexCorruptError(f"{meta_path} cannot be read as Parquet: {e}") from e
 
 
+def read_deleted(
+    index_dir: str | os.PathLike[str], info: ShardInfo, *, verify: bool = False
+) -> Ids:
+    """The sorted row numbers deleted from a shard (empty when none)."""
+    if info.deleted is None:
+        return np.empty(0, np.int64)
+    path = Path(index_dir).expanduser() / SHARDS_DIR / info.deleted.name
+    _check_file(path, info.deleted, verify=verify)
+    try:
+        rows = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise IndexCorruptError(f"{path} cannot be read: {e}") from e
+    if rows.dtype != np.int64 or rows.ndim != 1 or len(rows) != info.deleted_rows:
+        raise IndexCorruptError(f"{path} does not hold {info.deleted_rows} row numbers")
+    return rows
+
+
 def load_shard(
     index_dir: str | os.PathLike[str], info: ShardInfo, *, verify: bool = False
 ) -> LoadedShard:
@@ -679,7 +740,8 @@ def load_shard(
             f"shard {info.name}: manifest says {info.rows} rows, index has {built.ntotal}, "
             f"metadata has {meta.num_rows}; rebuild the index with `xretrieve index --full`"
         )
-    return LoadedShard(info=info, index=built, metadata=meta)
+    deleted = read_deleted(index_dir, info, verify=verify)
+    return LoadedShard(info=info, index=built, metadata=meta, deleted=deleted)
 
 
 class Reader:

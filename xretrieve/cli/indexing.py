@@ -163,11 +163,11 @@ def info_cmd(
         t.add_row(
             s.name,
             s.modality,
-            str(s.rows),
+            f"{s.live_rows} (+{s.deleted_rows} deleted)" if s.deleted_rows else str(s.rows),
             s.index_type,
             params or "-",
             f"{s.ann['recall']:.3f}" if "recall" in s.ann else "-",
-            str(s.index_file.bytes + s.meta_file.bytes),
+            str(sum(f.bytes for f in s.files())),
         )
     out.print(t)
     if verify:
