@@ -42,6 +42,7 @@ import hashlib
 import json
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -633,8 +634,7 @@ class _Pin:
     """
 
     def __init__(self, index_dir: Path, manifest: Manifest) -> None:
-        self.fd: int | None = None
-        self.path: Path | None = None
+        self.held = False
         pins = index_dir / READERS_DIR
         try:
             pins.mkdir(exist_ok=True)
@@ -654,16 +654,20 @@ class _Pin:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             return
-        self.fd, self.path = fd, pins / f"{name}.pin"
+        self.held = True
+        # Released when the pin is dropped or, at the latest, when the interpreter exits.
+        self._release = weakref.finalize(self, _unpin, fd, pins / f"{name}.pin")
 
     def release(self) -> None:
-        if self.fd is None:
-            return
-        with contextlib.suppress(OSError):
-            assert self.path is not None
-            self.path.unlink()
-        os.close(self.fd)
-        self.fd = None
+        if self.held:
+            self._release()
+            self.held = False
+
+
+def _unpin(fd: int, path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+    os.close(fd)  # closing releases the flock
 
 
 class ShardMissingError(IndexCorruptError):
@@ -778,7 +782,7 @@ class Reader:
     @property
     def pinned(self) -> bool:
         """Whether this reader's files are protected from writers (False on a read-only index)."""
-        return self._pin is not None and self._pin.fd is not None
+        return self._pin is not None and self._pin.held
 
     def refresh(self) -> bool:
         """Re-read the manifest; True if the generation changed (shards it still names stay
@@ -797,9 +801,6 @@ class Reader:
         if self._pin is not None:
             self._pin.release()
             self._pin = None
-
-    def __del__(self) -> None:
-        self.close()
 
     def __enter__(self) -> Reader:
         return self
