@@ -185,7 +185,11 @@ def test_short_training_learns_far_above_chance(tmp_path: Path) -> None:
     ):
         assert got[5] >= 3 * chance[5]
         assert got[5] >= SLOW_MIN_R5
+        assert got[1] >= SLOW_MIN_R1
 
 
+# 250 steps of the default recipe (~45 s) measured R@5 0.81 / 0.77 and R@1 0.38 / 0.34
+# (text->image / image->text; seed 1: 0.85 / 0.78 and 0.38 / 0.35), chance R@5 0.013.
 SLOW_STEPS = 250
-SLOW_MIN_R5 = 0.1
+SLOW_MIN_R5 = 0.6
+SLOW_MIN_R1 = 0.25
