@@ -12,7 +12,9 @@ therefore stay valid; the tower is written into the model folder beside open_cli
                                                                sha256, image/text fingerprint
                                                                trained against, train report
 
-`xretrieve.encoders.load_encoder(MODEL)` loads all three towers.
+`xretrieve.encoders.load_encoder(MODEL)` loads all three towers. The audio tower may instead
+be a pretrained CLAP tower mapped into the space (``kind: "clap"`` in the config, written by
+`xretrieve.clap`); `load_audio_tower` loads either kind, and both offer `AudioTowerLike`.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,6 +49,7 @@ __all__ = [
     "AudioPair",
     "AudioTower",
     "AudioTowerConfig",
+    "AudioTowerLike",
     "AudioTrainConfig",
     "AudioTrainReport",
     "find_audio_pairs",
@@ -57,7 +61,10 @@ __all__ = [
 
 AUDIO_CONFIG_FILE = "audio_config.json"
 AUDIO_WEIGHTS_FILE = "audio_model.safetensors"
-AUDIO_TOWER_FORMAT = 1
+#: Newest audio_config.json format read here: 2 adds `kind` ("trained", "clap"). Trained towers
+#: are still written as format 1, which older xretrieve reads.
+AUDIO_TOWER_FORMAT = 2
+_TRAINED_FORMAT = 1
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -89,6 +96,24 @@ class AudioTowerConfig:
         )
 
 
+class AudioTowerLike(Protocol):
+    """What `Encoder` needs of an audio tower, trained (`AudioTower`) or CLAP (`xretrieve.clap`)."""
+
+    @property
+    def sample_rate(self) -> int: ...
+
+    @property
+    def window_samples(self) -> int: ...
+
+    def windows(self, waveform: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Windows (w, window_samples) that cover a mono waveform at `sample_rate`."""
+        ...
+
+    def __call__(self, waves: torch.Tensor) -> torch.Tensor:
+        """Unit vectors (b, d) of waveform windows (b, window_samples)."""
+        ...
+
+
 class AudioTower(nn.Module):
     """Waveform windows (b, samples) -> log-mel -> 1-D CNN over time -> unit vectors (b, d)."""
 
@@ -116,6 +141,18 @@ class AudioTower(nn.Module):
             nn.GELU(),
             nn.Linear(cfg.hidden, cfg.embed_dim),
         )
+
+    @property
+    def sample_rate(self) -> int:
+        return self.cfg.mel.sample_rate
+
+    @property
+    def window_samples(self) -> int:
+        return self.cfg.mel.window_samples
+
+    def windows(self, waveform: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Windows (w, window_samples) covering a waveform; a short clip is zero-padded."""
+        return windows(waveform, self.window_samples)
 
     def features(self, waves: torch.Tensor) -> torch.Tensor:
         """Log-mel features (b, n_mels, frames) of waveform windows (b, samples)."""
@@ -180,7 +217,7 @@ def save_audio_tower(
         raise FolderError(f"model folder not found: {root}")
     blob = save(_state(tower))
     config = {
-        "format": AUDIO_TOWER_FORMAT,
+        "format": _TRAINED_FORMAT,
         "tower": tower.cfg.to_dict(),
         "weights_file": AUDIO_WEIGHTS_FILE,
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
@@ -204,8 +241,8 @@ def load_audio_tower(
     *,
     base_fingerprint: str | None = None,
     device: torch.device | str = "cpu",
-) -> tuple[AudioTower, str]:
-    """Load the audio tower of a model folder; returns (tower in eval mode, its fingerprint)."""
+) -> tuple[AudioTowerLike, str]:
+    """Load the audio tower of a model folder, of either kind; (tower in eval mode, fingerprint)."""
     from safetensors.torch import load_file
 
     root = Path(model_dir)
@@ -217,6 +254,13 @@ def load_audio_tower(
                 f"{cfg_path} has audio tower format {meta['format']}, newer than this "
                 f"xretrieve reads ({AUDIO_TOWER_FORMAT}): upgrade xretrieve"
             )
+        kind = meta.get("kind", "trained")
+        if kind == "clap":
+            from xretrieve.clap import load_clap_tower
+
+            return load_clap_tower(root, meta, base_fingerprint=base_fingerprint, device=device)
+        if kind != "trained":
+            raise ModelError(f"{cfg_path} names an unknown audio tower kind {kind!r}")
         cfg = AudioTowerConfig.from_dict(meta["tower"])
         weights = root / meta.get("weights_file", AUDIO_WEIGHTS_FILE)
         if _sha256_file(weights) != meta["weights_sha256"]:
@@ -453,7 +497,10 @@ def train_audio(
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        encoder = load_encoder(str(root), pretrained=None, device=device, batch_size=256)
+        # Without the audio tower: the one being replaced may be the broken one.
+        encoder = load_encoder(
+            str(root), pretrained=None, device=device, batch_size=256, audio=False
+        )
         if not root.is_dir():
             raise InputError(
                 f"{model_dir} is not a model folder: train-audio writes the audio tower into "

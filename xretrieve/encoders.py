@@ -11,7 +11,8 @@ with one clear line when weights cannot be had:
 - a name with ``pretrained=None``: random initialisation (engine tests only).
 
 A model folder may also carry an audio tower (``audio_config.json`` + weights, written by
-``xretrieve train-audio``, see `xretrieve.audio_model`); it is loaded beside open_clip's two
+``xretrieve train-audio``, see `xretrieve.audio_model`, or a pretrained CLAP tower mapped into
+the space by ``xretrieve add-clap``, see `xretrieve.clap`); it is loaded beside open_clip's two
 towers, recorded in `ModelSpec.towers`, and used by `Encoder.encode_audio`.
 """
 
@@ -35,7 +36,7 @@ from xretrieve.errors import InputError, ModelError, ModelUnavailableError
 from xretrieve.types import Vectors
 
 if TYPE_CHECKING:
-    from xretrieve.audio_model import AudioTower
+    from xretrieve.audio_model import AudioTowerLike
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -117,7 +118,7 @@ class ModelSpec:
     dim: int
     image_size: int
     context_length: int
-    #: The towers the model has; an audio tower comes from `xretrieve train-audio`.
+    #: The towers the model has; an audio tower comes from `xretrieve train-audio` or `add-clap`.
     towers: tuple[str, ...] = ("image", "text")
     #: Fingerprint of the audio tower's weights, kept apart from `fingerprint` (image + text) so
     #: that adding or retraining an audio tower leaves image and text vectors valid.
@@ -251,7 +252,7 @@ class Encoder:
         *,
         device: torch.device,
         batch_size: int = 32,
-        audio_tower: AudioTower | None = None,
+        audio_tower: AudioTowerLike | None = None,
     ) -> None:
         self.model = model
         self.preprocess = preprocess
@@ -268,7 +269,7 @@ class Encoder:
     @property
     def audio_sample_rate(self) -> int:
         """The rate the audio tower reads; decode with ``decode_audio(p, sample_rate=this)``."""
-        return self._require_audio().cfg.mel.sample_rate
+        return self._require_audio().sample_rate
 
     def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Apply the model's own inference transform and stack into one batch tensor."""
@@ -299,11 +300,12 @@ class Encoder:
                 out[sl] = self.model.encode_text(tokens, normalize=True).float().cpu().numpy()  # type: ignore[operator]
         return out
 
-    def _require_audio(self) -> AudioTower:
+    def _require_audio(self) -> AudioTowerLike:
         if self.audio_tower is None:
             raise ModelError(
                 f"model {self.spec.name} has no audio tower: train one into its folder with "
-                "`xretrieve train-audio MODEL_DIR DATA_DIR`"
+                "`xretrieve train-audio MODEL_DIR DATA_DIR` (or map a local pretrained CLAP into it "
+                "with `xretrieve add-clap MODEL_DIR CLAP_DIR`)"
             )
         return self.audio_tower
 
@@ -313,14 +315,11 @@ class Encoder:
         A clip longer than the tower's window is cut into evenly spread windows that cover it;
         its vector is the normalised mean of the windows' vectors.
         """
-        from xretrieve.audio import windows
-
         tower = self._require_audio()
-        size = tower.cfg.mel.window_samples
         out = np.empty((len(waveforms), self.dim), dtype=np.float32)
         if not len(waveforms):
             return out
-        cut = [windows(w, size) for w in waveforms]
+        cut = [tower.windows(w) for w in waveforms]
         owner = np.repeat(np.arange(len(cut)), [len(c) for c in cut])
         stacked = torch.from_numpy(np.concatenate(cut))
         emb = np.empty((len(stacked), self.dim), dtype=np.float32)
@@ -360,8 +359,12 @@ def load_encoder(
     pretrained: str | None = DEFAULT_PRETRAINED,
     device: str = "auto",
     batch_size: int = 32,
+    audio: bool = True,
 ) -> Encoder:
-    """Build an `Encoder` from an architecture + weights, or from a model folder."""
+    """Build an `Encoder` from an architecture + weights, or from a model folder.
+
+    ``audio=False`` leaves out a folder's audio tower (for writers that replace it).
+    """
     import open_clip
 
     name, weights = _resolve_source(str(model), pretrained)
@@ -390,7 +393,7 @@ def load_encoder(
         context_length=int(cfg.get("text_cfg", {}).get("context_length", 77)),
     )
     audio_tower = None
-    if name.startswith("local-dir:"):
+    if audio and name.startswith("local-dir:"):
         from xretrieve.audio_model import has_audio_tower, load_audio_tower
 
         folder = name[len("local-dir:") :]
