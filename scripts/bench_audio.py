@@ -6,8 +6,10 @@
 
 Prints, on the same clips: decode ms/clip (read + mono + resample, one thread); log-mel
 ms/window; raw tower forward windows/s on ready waveforms; end-to-end `Encoder.encode_audio`
-clips/s from files; and the ratio end-to-end / raw, taken round by round with raw and
-end-to-end interleaved. Each stage is timed `--repeat` times, best and median shown; on a
+clips/s from files; the ratio end-to-end / raw, taken round by round with raw and
+end-to-end interleaved; and, as `bench_index.py` does for images, the pipeline ceiling =
+cores / (decode core-s per clip + tower core-s per clip), since decoding and the tower share
+the same cores, with end-to-end / ceiling. Each stage is timed `--repeat` times, best and median shown; on a
 shared machine absolute rates swing several-fold, the per-round ratio much less.
 Weights do not change speed, so the default is the recipe's tower with random weights on
 the tiny image/text model.
@@ -163,6 +165,15 @@ def main() -> None:
         f"end-to-end / raw      {statistics.median(ratios):8.2f} median per round, clip for clip "
         f"(range {min(ratios):.2f}-{max(ratios):.2f}: the spread is the machine's noise)"
     )
+    # Core-seconds per clip: decoding (one thread) plus the tower on all cores for its windows.
+    decode_cs = min(t_dec) / args.clips
+    tower_cs = cores * min(t_raw) / args.clips
+    ceiling = cores / (decode_cs + tower_cs)
+    e2e = args.clips / statistics.median(t_e2e)
+    print(
+        f"pipeline ceiling      {ceiling:8.1f} clips/s = cores / (decode + tower core-s per clip)"
+    )
+    print(f"end-to-end / ceiling  {e2e / ceiling:8.2f}")
 
 
 if __name__ == "__main__":

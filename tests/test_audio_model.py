@@ -81,6 +81,21 @@ def test_encode_audio_inputs_agree_and_are_unit_rows(audio_model: Path, audio_wo
     assert enc.encode_audio([]).shape == (0, enc.dim)
 
 
+def test_encode_audio_keeps_order_across_batches_and_names_a_bad_clip(
+    audio_model: Path, audio_world: Path, tmp_path: Path
+) -> None:
+    from xretrieve.errors import MediaError
+
+    enc = load_encoder(str(audio_model), pretrained=None, device="cpu", batch_size=2)
+    wavs = sorted((audio_world / "train").glob("*.wav"))[:7]  # 4 batches, decoded in threads
+    one_by_one = np.concatenate([enc.encode_audio([w]) for w in wavs])
+    np.testing.assert_allclose(enc.encode_audio(wavs), one_by_one, atol=1e-6)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF not really a wave file")
+    with pytest.raises(MediaError, match="bad.wav"):
+        enc.encode_audio([*wavs[:5], bad, wavs[5]])
+
+
 def test_long_clips_average_their_windows(audio_model: Path, audio_world: Path) -> None:
     enc = load_encoder(str(audio_model), pretrained=None, device="cpu", batch_size=2)
     wavs = sorted((audio_world / "train").glob("*.wav"))[:3]

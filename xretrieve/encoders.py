@@ -335,21 +335,27 @@ class Encoder:
     def encode_audio(self, items: Sequence[AudioItem]) -> Vectors:
         """Embed sounds (paths, file bytes, or (samples, rate) pairs) into unit vectors.
 
-        Files that cannot be decoded, or are silent or too short, raise `MediaError`.
+        Files that cannot be decoded, or are silent or too short, raise `MediaError`. Decoding
+        runs in threads, ahead of the tower by up to two batches.
         """
         from xretrieve.audio import decode_audio, prepare_waveform
+        from xretrieve.pipeline import bounded_map, default_workers
 
         rate = self.audio_sample_rate
+
+        def load(item: AudioItem) -> npt.NDArray[np.float32]:
+            if isinstance(item, tuple):
+                samples, sr = item
+                return prepare_waveform(samples, int(sr), sample_rate=rate)
+            return decode_audio(item, sample_rate=rate).waveform
+
         out = np.empty((len(items), self.dim), dtype=np.float32)
-        for sl in _batches(len(items), self.batch_size):
-            waves = []
-            for item in items[sl]:
-                if isinstance(item, tuple):
-                    samples, sr = item
-                    waves.append(prepare_waveform(samples, int(sr), sample_rate=rate))
-                else:
-                    waves.append(decode_audio(item, sample_rate=rate).waveform)
-            out[sl] = self.encode_waveforms(waves)
+        waves = bounded_map(load, items, workers=default_workers(), window=2 * self.batch_size)
+        try:
+            for sl in _batches(len(items), self.batch_size):
+                out[sl] = self.encode_waveforms([next(waves) for _ in range(sl.stop - sl.start)])
+        finally:
+            waves.close()  # on an error: cancel the decoding not yet started
         return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -29,7 +29,7 @@ def default_workers() -> int:
 
 def bounded_map(
     fn: Callable[[T], R], items: Iterable[T], *, workers: int, window: int
-) -> Iterator[R]:
+) -> Generator[R, None, None]:
     """Map `fn` over `items` in threads, yielding results in order with at most `window` in flight.
 
     `items` is consumed lazily, so it may be a generator over millions of files. Closing the
