@@ -92,7 +92,7 @@ def test_encode_audio_keeps_order_across_batches_and_names_a_bad_clip(
     np.testing.assert_allclose(enc.encode_audio(wavs), one_by_one, atol=1e-6)
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF not really a wave file")
-    with pytest.raises(MediaError, match="bad.wav"):
+    with pytest.raises(MediaError, match=r"bad\.wav"):
         enc.encode_audio([*wavs[:5], bad, wavs[5]])
 
 
