@@ -28,7 +28,9 @@ __all__ = [
     "EvalReport",
     "chance_recall_at_k",
     "evaluate_world",
+    "keyed_recall",
     "recall_at_k",
+    "recall_table",
     "relevance_matrix",
 ]
 
@@ -122,35 +124,42 @@ class EvalReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        def keyed(d: dict[int, float]) -> dict[str, float]:
-            return {f"R@{k}": round(v, 4) for k, v in d.items()}
-
         return {
             "split": self.split,
             "model": self.model,
             "n_images": self.n_images,
             "n_captions": self.n_captions,
-            "text_to_image": keyed(self.text_to_image),
-            "image_to_text": keyed(self.image_to_text),
-            "chance_text_to_image": keyed(self.chance_text_to_image),
-            "chance_image_to_text": keyed(self.chance_image_to_text),
+            "text_to_image": keyed_recall(self.text_to_image),
+            "image_to_text": keyed_recall(self.image_to_text),
+            "chance_text_to_image": keyed_recall(self.chance_text_to_image),
+            "chance_image_to_text": keyed_recall(self.chance_image_to_text),
             **self.extra,
         }
 
     def format_table(self) -> str:
-        ks = list(self.text_to_image)
-        head = f"{'direction':<14}" + "".join(f"{'R@' + str(k):>8}{'chance':>9}" for k in ks)
-        lines = [
+        return recall_table(
             f"split={self.split} images={self.n_images} captions={self.n_captions}",
-            head,
-        ]
-        for name, got, chance in (
-            ("text->image", self.text_to_image, self.chance_text_to_image),
-            ("image->text", self.image_to_text, self.chance_image_to_text),
-        ):
-            cells = "".join(f"{got[k]:>8.3f}{chance[k]:>9.4f}" for k in ks)
-            lines.append(f"{name:<14}{cells}")
-        return "\n".join(lines)
+            {
+                "text->image": (self.text_to_image, self.chance_text_to_image),
+                "image->text": (self.image_to_text, self.chance_image_to_text),
+            },
+        )
+
+
+def keyed_recall(recall: dict[int, float]) -> dict[str, float]:
+    """{k: value} as {"R@k": value rounded to 4 places}, for JSON."""
+    return {f"R@{k}": round(v, 4) for k, v in recall.items()}
+
+
+def recall_table(title: str, rows: dict[str, tuple[dict[int, float], dict[int, float]]]) -> str:
+    """A plain-text table: one line per direction, R@k beside chance for each k."""
+    ks = list(next(iter(rows.values()))[0])
+    head = f"{'direction':<14}" + "".join(f"{'R@' + str(k):>8}{'chance':>9}" for k in ks)
+    lines = [title, head]
+    for name, (got, chance) in rows.items():
+        cells = "".join(f"{got[k]:>8.3f}{chance[k]:>9.4f}" for k in ks)
+        lines.append(f"{name:<14}{cells}")
+    return "\n".join(lines)
 
 
 def _load_images(paths: Sequence[Path]) -> list[Any]:

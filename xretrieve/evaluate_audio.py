@@ -16,7 +16,9 @@ from xretrieve.errors import FolderError
 from xretrieve.evaluate import (
     DEFAULT_KS,
     chance_recall_at_k,
+    keyed_recall,
     recall_at_k,
+    recall_table,
     relevance_matrix,
     world_split,
 )
@@ -41,27 +43,20 @@ class AudioEvalReport:
     model: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        def keyed(d: dict[int, float]) -> dict[str, float]:
-            return {f"R@{k}": round(v, 4) for k, v in d.items()}
-
         return {
             "split": self.split,
             "model": self.model,
             "n_sounds": self.n_sounds,
             "n_captions": self.n_captions,
-            "recall": {d: keyed(r) for d, r in self.recall.items()},
-            "chance": {d: keyed(r) for d, r in self.chance.items()},
+            "recall": {d: keyed_recall(r) for d, r in self.recall.items()},
+            "chance": {d: keyed_recall(r) for d, r in self.chance.items()},
         }
 
     def format_table(self) -> str:
-        ks = list(next(iter(self.recall.values())))
-        head = f"{'direction':<14}" + "".join(f"{'R@' + str(k):>8}{'chance':>9}" for k in ks)
-        lines = [f"split={self.split} sounds={self.n_sounds} captions={self.n_captions}", head]
-        for name in self.recall:
-            got, chance = self.recall[name], self.chance[name]
-            cells = "".join(f"{got[k]:>8.3f}{chance[k]:>9.4f}" for k in ks)
-            lines.append(f"{name:<14}{cells}")
-        return "\n".join(lines)
+        return recall_table(
+            f"split={self.split} sounds={self.n_sounds} captions={self.n_captions}",
+            {name: (self.recall[name], self.chance[name]) for name in self.recall},
+        )
 
 
 def evaluate_audio(
