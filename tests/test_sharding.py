@@ -221,3 +221,31 @@ def test_reader_opened_during_a_write_sees_one_generation(
         if r["modality"] == "image" and i not in set(s.deleted.tolist())
     }
     assert live and not live & {p.relative_to(tree).as_posix() for p in gone}
+
+
+def test_a_reader_that_cannot_pin_still_sees_one_generation(
+    tree: Path, tiny_encoder: Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only index: no pin can be written, so the reader follows the newest generation."""
+    idx = tmp_path / "idx"
+    index_folder(tree, idx, encoder=tiny_encoder, options=_opts())
+    real_mkdir = Path.mkdir
+
+    def refuse(self: Path, *a: Any, **kw: Any) -> None:
+        if self.name == store.READERS_DIR:
+            raise PermissionError(13, "read-only", str(self))
+        real_mkdir(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    reader = store.Reader(idx)
+    assert not reader.pinned
+    before = reader.manifest
+    monkeypatch.undo()
+    victims = sorted(tree.rglob("*.png"))
+    for v in victims[:2]:  # two generations: the reader's files are removed
+        v.unlink()
+        index_folder(tree, idx, encoder=tiny_encoder, options=_opts())
+    shards = reader.shards()  # re-reads the manifest instead of failing
+    now = store.read_manifest(idx)
+    assert reader.manifest.generation == now.generation > before.generation
+    assert sum(s.metadata.num_rows - len(s.deleted) for s in shards) == now.rows
