@@ -1,6 +1,6 @@
 """Audio embedding throughput against the raw audio-tower forward rate, side by side in one run.
 
-    .venv/bin/python scripts/bench_audio.py                        # 64 world-like 2 s WAV clips
+    .venv/bin/python scripts/bench_audio.py                        # 512 world-like 2 s WAV clips
     .venv/bin/python scripts/bench_audio.py --format mp3 --rate 44100 --seconds 10
     .venv/bin/python scripts/bench_audio.py --model runs/demo/model  # a folder with an audio tower
 
@@ -81,7 +81,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--clips", type=int, default=64)
+    ap.add_argument("--clips", type=int, default=512)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--rate", type=int, default=16_000, help="sample rate of the files")
     ap.add_argument("--format", choices=sorted(FORMATS), default="wav")

@@ -109,6 +109,15 @@ class AudioTowerLike(Protocol):
         """Windows (w, window_samples) that cover a mono waveform at `sample_rate`."""
         ...
 
+    def prepare(self, waveform: npt.NDArray[np.float32]) -> torch.Tensor:
+        """The tower's inputs for one clip, a row per window: the per-clip work that decode
+        threads can do ahead of the batched forward pass."""
+        ...
+
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Unit vectors (b, d) of a batch of rows made by `prepare`."""
+        ...
+
     def __call__(self, waves: torch.Tensor) -> torch.Tensor:
         """Unit vectors (b, d) of waveform windows (b, window_samples)."""
         ...
@@ -153,6 +162,20 @@ class AudioTower(nn.Module):
     def windows(self, waveform: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Windows (w, window_samples) covering a waveform; a short clip is zero-padded."""
         return windows(waveform, self.window_samples)
+
+    def prepare(self, waveform: npt.NDArray[np.float32]) -> torch.Tensor:
+        """Log-mel features (w, n_mels, frames) of a clip's windows, computed on the CPU;
+        on another device, the windows themselves (features are then made in `embed`)."""
+        waves = torch.from_numpy(self.windows(waveform))
+        fb: torch.Tensor = self.filterbank  # type: ignore[assignment]
+        if fb.device.type != "cpu":
+            return waves
+        with torch.inference_mode():
+            return self.features(waves)
+
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Unit vectors of `prepare` rows: log-mel features (3-D) or waveform windows (2-D)."""
+        return self.forward_features(inputs) if inputs.ndim == 3 else self(inputs)
 
     def features(self, waves: torch.Tensor) -> torch.Tensor:
         """Log-mel features (b, n_mels, frames) of waveform windows (b, samples)."""

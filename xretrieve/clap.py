@@ -358,6 +358,13 @@ class ClapAudioTower(nn.Module):
             x = np.tile(x, self.window_samples // len(x))
         return windows(x, self.window_samples)
 
+    def prepare(self, waveform: npt.NDArray[np.float32]) -> torch.Tensor:
+        """A clip's windows; CLAP's feature extractor runs batched in `embed`."""
+        return torch.from_numpy(self.windows(waveform))
+
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self(inputs)
+
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
         w: torch.Tensor = self.w  # type: ignore[assignment]
         b: torch.Tensor = self.b  # type: ignore[assignment]

@@ -315,17 +315,24 @@ class Encoder:
         A clip longer than the tower's window is cut into evenly spread windows that cover it;
         its vector is the normalised mean of the windows' vectors.
         """
+        return self.encode_prepared_audio([self.prepare_audio(w) for w in waveforms])
+
+    def prepare_audio(self, waveform: npt.NDArray[np.float32]) -> torch.Tensor:
+        """One clip's tower inputs, a row per window (thread-safe: decode threads call it)."""
+        return self._require_audio().prepare(waveform)
+
+    def encode_prepared_audio(self, prepared: Sequence[torch.Tensor]) -> Vectors:
+        """Unit vectors of clips made ready by `prepare_audio`: the mean over each clip's windows."""
         tower = self._require_audio()
-        out = np.empty((len(waveforms), self.dim), dtype=np.float32)
-        if not len(waveforms):
+        out = np.empty((len(prepared), self.dim), dtype=np.float32)
+        if not len(prepared):
             return out
-        cut = [tower.windows(w) for w in waveforms]
-        owner = np.repeat(np.arange(len(cut)), [len(c) for c in cut])
-        stacked = torch.from_numpy(np.concatenate(cut))
+        owner = np.repeat(np.arange(len(prepared)), [len(c) for c in prepared])
+        stacked = torch.cat(list(prepared))
         emb = np.empty((len(stacked), self.dim), dtype=np.float32)
         with torch.inference_mode():
             for sl in _batches(len(stacked), self.batch_size):
-                emb[sl] = tower(stacked[sl].to(self.device)).float().cpu().numpy()
+                emb[sl] = tower.embed(stacked[sl].to(self.device)).float().cpu().numpy()
         sums = np.zeros_like(out)
         np.add.at(sums, owner, emb)
         norms = np.linalg.norm(sums, axis=1, keepdims=True)
@@ -336,24 +343,25 @@ class Encoder:
         """Embed sounds (paths, file bytes, or (samples, rate) pairs) into unit vectors.
 
         Files that cannot be decoded, or are silent or too short, raise `MediaError`. Decoding
-        runs in threads, ahead of the tower by up to two batches.
+        and the per-clip features run in threads, ahead of the tower by up to two batches.
         """
         from xretrieve.audio import decode_audio, prepare_waveform
         from xretrieve.pipeline import bounded_map, default_workers
 
         rate = self.audio_sample_rate
 
-        def load(item: AudioItem) -> npt.NDArray[np.float32]:
+        def load(item: AudioItem) -> torch.Tensor:
             if isinstance(item, tuple):
                 samples, sr = item
-                return prepare_waveform(samples, int(sr), sample_rate=rate)
-            return decode_audio(item, sample_rate=rate).waveform
+                return self.prepare_audio(prepare_waveform(samples, int(sr), sample_rate=rate))
+            return self.prepare_audio(decode_audio(item, sample_rate=rate).waveform)
 
         out = np.empty((len(items), self.dim), dtype=np.float32)
         waves = bounded_map(load, items, workers=default_workers(), window=2 * self.batch_size)
         try:
             for sl in _batches(len(items), self.batch_size):
-                out[sl] = self.encode_waveforms([next(waves) for _ in range(sl.stop - sl.start)])
+                batch = [next(waves) for _ in range(sl.stop - sl.start)]
+                out[sl] = self.encode_prepared_audio(batch)
         finally:
             waves.close()  # on an error: cancel the decoding not yet started
         return out

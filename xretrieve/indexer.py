@@ -610,9 +610,11 @@ def _audio_kind(encoder: Encoder) -> _Kind:
     def decode(data: bytes, rel: str) -> tuple[dict[str, Any], Any]:
         dec = decode_audio(data, sample_rate=rate)
         facts = dec.facts()
-        return {c: facts[c] for c in ("duration", "sample_rate", "channels")}, dec.waveform
+        # The tower's per-clip inputs (log-mel) are made here, in the decode thread.
+        prepared = encoder.prepare_audio(dec.waveform)
+        return {c: facts[c] for c in ("duration", "sample_rate", "channels")}, prepared
 
-    return _Kind("audio", lambda scan: scan.audio, decode, encoder.encode_waveforms)
+    return _Kind("audio", lambda scan: scan.audio, decode, encoder.encode_prepared_audio)
 
 
 def _facts(row: dict[str, Any]) -> dict[str, Any]:
