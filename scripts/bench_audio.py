@@ -29,11 +29,12 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from xretrieve.audio import decode_audio, windows
-from xretrieve.audio_model import AudioTower, AudioTrainConfig
 from xretrieve.encoders import Encoder, load_encoder
-from xretrieve.world import COLOURS, POSITIONS, SHAPES, SIZES, SceneObject
-from xretrieve.world_audio import synthesize_scene
+from xretrieve.encoders.audio_tower import AudioTower, AudioTrainConfig
+from xretrieve.encoders.features import windows
+from xretrieve.media.audio import decode_audio
+from xretrieve.train.world import COLOURS, POSITIONS, SHAPES, SIZES, SceneObject
+from xretrieve.train.world_audio import synthesize_scene
 
 FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III")}
 

@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 from faiss.contrib.datasets import SyntheticDataset
 
-from xretrieve import ann
+from xretrieve.store import ann
 
 K = 10
 _PAGE = os.sysconf("SC_PAGE_SIZE")

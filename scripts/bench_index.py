@@ -27,7 +27,7 @@ from PIL import Image
 
 from xretrieve.encoders import load_encoder
 from xretrieve.indexer import IndexOptions, index_folder
-from xretrieve.media import decode_image
+from xretrieve.media.image import decode_image
 
 SIZES = {"small": (1024, 768), "12mp": (4000, 3000)}
 

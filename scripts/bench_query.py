@@ -165,7 +165,7 @@ def bench_items(args: argparse.Namespace, encoder: Encoder, work: Path) -> dict[
     idx = Index(path, manifest, encoder)  # vectors are synthetic: queries are vectors too
     rng = np.random.default_rng(1)
     shard = idx.shards("image")[0]
-    from xretrieve import ann
+    from xretrieve.store import ann
 
     base = ann.reconstruct_vectors(shard.index, rng.integers(0, args.n, 1000))
     queries = base + 0.3 * rng.standard_normal(base.shape).astype(np.float32)
@@ -255,7 +255,7 @@ def bench_deletions(
     Times landing the new generation both ways, then dense search on the listed generation
     against the untouched one, and checks that no deleted row is ever returned.
     """
-    from xretrieve import ann
+    from xretrieve.store import ann
 
     m = store.read_manifest(path)
     info = m.shards[0]
@@ -308,8 +308,8 @@ def bench_deletions(
 
 def _where_recall(idx: Index, queries: np.ndarray, where: Callable[[int], str], n: int) -> float:
     """Mean recall@10 of filtered search against exact search over the matching rows."""
-    from xretrieve import ann
-    from xretrieve.filters import Filter, parse_where
+    from xretrieve.query.filters import Filter, parse_where
+    from xretrieve.store import ann
 
     shard = idx.shards("image")[0]
     allv = ann.reconstruct_vectors(shard.index)
@@ -349,7 +349,7 @@ def bench_encoding(encoder: Encoder, demo: Path | None) -> dict[str, Any]:
 
 
 def bench_corpus(args: argparse.Namespace, encoder: Encoder, work: Path) -> dict[str, Any]:
-    from xretrieve.corpus import add_captions
+    from xretrieve.indexer.corpus import add_captions
 
     path = work / "captions"
     rng = np.random.default_rng(2)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import time
 
-import xretrieve.train as T
-from xretrieve.train import TrainConfig, fit
+import xretrieve.train.clip as T
+from xretrieve.train.clip import TrainConfig, fit
 
 
 def main() -> None:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from xretrieve.audio_model import AudioTrainConfig, train_audio
 from xretrieve.encoders import Encoder, load_encoder
+from xretrieve.encoders.audio_tower import AudioTrainConfig, train_audio
 from xretrieve.indexer import IndexOptions, index_folder
-from xretrieve.train import TrainConfig, train
-from xretrieve.world import make_world
-from xretrieve.world_audio import add_audio_to_world
+from xretrieve.train.clip import TrainConfig, train
+from xretrieve.train.world import make_world
+from xretrieve.train.world_audio import add_audio_to_world
 
 TINY = "xr-tiny"
 # Small enough to train in a few seconds; the recipe's architecture is tested in the slow test.

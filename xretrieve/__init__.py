@@ -31,7 +31,6 @@ from xretrieve.errors import (
 )
 
 if TYPE_CHECKING:
-    from xretrieve.corpus import CorpusReport, add_captions
     from xretrieve.encoders import (
         Encoder,
         ModelSpec,
@@ -39,7 +38,13 @@ if TYPE_CHECKING:
         load_encoder,
         register_model_config,
     )
-    from xretrieve.indexer import IndexOptions, IndexReport, index_folder
+    from xretrieve.indexer import (
+        CorpusReport,
+        IndexOptions,
+        IndexReport,
+        add_captions,
+        index_folder,
+    )
     from xretrieve.query import Hit, Hits, Index, SearchOptions, open_index
 
 __version__ = "0.1.0"
@@ -58,8 +63,8 @@ _LAZY = {
     "Index": "xretrieve.query",
     "open_index": "xretrieve.query",
     "SearchOptions": "xretrieve.query",
-    "add_captions": "xretrieve.corpus",
-    "CorpusReport": "xretrieve.corpus",
+    "add_captions": "xretrieve.indexer",
+    "CorpusReport": "xretrieve.indexer",
 }
 
 __all__ = [

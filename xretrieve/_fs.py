@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "fsync_dir"]
+__all__ = ["atomic_write", "atomic_write_bytes", "display_path", "fsync_dir", "path_bytes"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -47,3 +47,18 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Atomically replace `path` with `data`."""
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def display_path(p: str | os.PathLike[str]) -> str:
+    """A printable, UTF-8-safe form of a path (undecodable bytes shown as \\xNN)."""
+    return os.fsencode(p).decode("utf-8", "backslashreplace")
+
+
+def path_bytes(p: str) -> bytes | None:
+    """The raw bytes of a path when `display_path` cannot give it back exactly, else None."""
+    raw = os.fsencode(p)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+    return None

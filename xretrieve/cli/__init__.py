@@ -1,7 +1,7 @@
 """The `xretrieve` command line: the only place errors become messages and exit codes.
 
 One module per stage, each registering its commands on the shared typer app:
-`models` (make-world, train, eval, models), `indexing` (index, info), `searching`
+`training` (make-world, train, eval, models), `indexing` (index, info), `searching`
 (search, caption).
 """
 
@@ -14,7 +14,7 @@ from xretrieve.cli._app import app, quiet_libraries
 __all__ = ["app", "main"]
 
 # Importing a module registers its commands; this order is the order `--help` lists.
-for _name in ("models", "audio", "clap", "indexing", "searching", "corpus"):
+for _name in ("training", "audio", "clap", "indexing", "searching", "corpus"):
     importlib.import_module(f"xretrieve.cli.{_name}")
 
 

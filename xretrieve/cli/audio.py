@@ -45,7 +45,7 @@ def train_audio_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Train an audio tower into MODEL_DIR against its frozen image and text towers."""
-    from xretrieve.audio_model import AudioTrainConfig, train_audio
+    from xretrieve.encoders.audio_tower import AudioTrainConfig, train_audio
 
     try:
         cfg = training_config(

@@ -46,7 +46,7 @@ def add_clap_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Add a pretrained CLAP audio tower to MODEL_DIR, mapped linearly via shared sentences."""
-    from xretrieve.clap import add_clap
+    from xretrieve.encoders.clap import add_clap
 
     try:
         report = add_clap(

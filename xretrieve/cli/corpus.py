@@ -59,8 +59,8 @@ def add_captions_cmd(
     """
     from tqdm import tqdm
 
-    from xretrieve.corpus import add_captions
     from xretrieve.encoders import load_encoder
+    from xretrieve.indexer.corpus import add_captions
     from xretrieve.store import read_manifest
 
     try:

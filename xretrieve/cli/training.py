@@ -1,0 +1,160 @@
+"""CLI: the world, training, evaluation and the model list."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from xretrieve.cli._app import (
+    DeviceOpt,
+    JsonOpt,
+    LrOpt,
+    MaxSecondsOpt,
+    MaxStepsOpt,
+    ModelConfigOpt,
+    PretrainedOpt,
+    SeedOpt,
+    app,
+    fail,
+    out,
+    print_json,
+    register,
+    training_config,
+)
+from xretrieve.errors import XRetrieveError
+
+
+@app.command("make-world")
+def make_world_cmd(
+    out_dir: Annotated[Path, typer.Argument(help="New folder to write the world into.")],
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same bytes.")] = 0,
+    image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
+    test_fraction: Annotated[float, typer.Option(help="Share of images held out for test/.")] = 0.2,
+    workers: Annotated[int, typer.Option(help="Processes used to draw.")] = os.cpu_count() or 1,
+    audio: Annotated[
+        bool, typer.Option("--audio", help="Also give every scene a sound (NAME.wav).")
+    ] = False,
+) -> None:
+    """Generate a deterministic world of captioned shape scenes (train/ and test/ splits)."""
+    from xretrieve.train.world import make_world
+    from xretrieve.train.world_audio import add_audio_to_world
+
+    try:
+        info = make_world(
+            out_dir,
+            n=n,
+            seed=seed,
+            image_size=image_size,
+            test_fraction=test_fraction,
+            workers=workers,
+        )
+        sound = add_audio_to_world(out_dir, seed=seed, workers=workers) if audio else None
+    except XRetrieveError as e:
+        fail(e)
+    out.print(
+        f"wrote {info.n} scenes to {out_dir}: {info.n_train} train, {info.n_test} test "
+        f"({image_size}x{image_size}, seed {seed})",
+        highlight=False,
+    )
+    if sound is not None:
+        out.print(
+            f"wrote {sound.n_clips} sounds ({sound.clip_seconds:g} s, {sound.sample_rate} Hz)",
+            highlight=False,
+        )
+
+
+@app.command("train")
+def train_cmd(
+    data_dir: Annotated[Path, typer.Argument(help="Folder of images with .txt caption sidecars.")],
+    out_dir: Annotated[
+        Path, typer.Argument(help="Model folder to write (open_clip local-dir format).")
+    ],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Architecture config to train.")
+    ] = None,
+    model_config: ModelConfigOpt = None,
+    max_seconds: MaxSecondsOpt = None,
+    max_steps: MaxStepsOpt = None,
+    batch_size: Annotated[int | None, typer.Option(help="Image-caption pairs per step.")] = None,
+    lr: LrOpt = None,
+    seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a small CLIP from scratch (contrastive loss) on captioned images."""
+    from xretrieve.train.clip import TrainConfig, train
+
+    try:
+        register(model_config)
+        cfg = training_config(
+            TrainConfig(),
+            max_seconds=max_seconds,
+            max_steps=max_steps,
+            model=model,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+        )
+        report = train(data_dir, out_dir, config=cfg)
+    except XRetrieveError as e:
+        fail(e)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    out.print(
+        f"trained {report.config.model} on {report.n_images} images / {report.n_captions} captions: "
+        f"{report.steps} steps ({report.epochs:.1f} epochs) in {report.seconds:.0f}s, "
+        f"final loss {report.final_loss:.3f} -> {out_dir}",
+        highlight=False,
+    )
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str, typer.Argument(help="Model folder (or architecture name).")],
+    world: Annotated[Path, typer.Option("--world", help="World folder made by `make-world`.")],
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """R@1/5/10 on a world's held-out split, chance beside: text<->image, and audio when present.
+
+    The audio directions (audio<->image, text<->audio) are added when the model has an audio
+    tower and the world has sounds (`make-world --audio`).
+    """
+    from xretrieve.encoders import load_encoder
+    from xretrieve.train.evaluate import evaluate_world
+    from xretrieve.train.evaluate_audio import evaluate_audio
+
+    try:
+        enc = load_encoder(model, pretrained=pretrained, device=device)
+        reports: list[Any] = [evaluate_world(enc, world, split=split)]
+        if "audio" in enc.spec.towers and next((world / split).glob("*.wav"), None):
+            reports.append(evaluate_audio(enc, world, split=split))
+    except XRetrieveError as e:
+        fail(e)
+    if as_json:
+        merged: dict[str, Any] = {}
+        for r in reports:
+            merged.update(r.to_dict())
+        print_json(merged)
+    else:
+        out.print("\n\n".join(r.format_table() for r in reports), highlight=False)
+
+
+@app.command("models")
+def models_cmd(model_config: ModelConfigOpt = None) -> None:
+    """List the model architectures that can be built (open_clip's and xretrieve's)."""
+    from xretrieve.encoders import list_models
+
+    try:
+        register(model_config)
+    except XRetrieveError as e:
+        fail(e)
+    for name in list_models():
+        sys.stdout.write(name + "\n")
