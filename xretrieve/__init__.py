@@ -27,6 +27,7 @@ from xretrieve.errors import (
     ModelError,
     ModelMismatchError,
     ModelUnavailableError,
+    ShardMissingError,
     XRetrieveError,
 )
 
@@ -88,6 +89,7 @@ __all__ = [
     "ModelSpec",
     "ModelUnavailableError",
     "SearchOptions",
+    "ShardMissingError",
     "XRetrieveError",
     "__version__",
     "add_captions",

@@ -1,11 +1,14 @@
 """The one exception tree of xretrieve.
 
-Library code raises these; only the CLI turns them into messages and exit codes.
+Library code raises these and nothing else on purpose; only the CLI (exit codes) and the
+HTTP layer (status codes) turn them into messages for a person. No class here carries an
+exit code, and no message names a command-line flag: the CLI adds its own hints.
 
     XRetrieveError
     ├── InputError                  bad argument from the caller
-    │   ├── EmptyQueryError         a query with nothing to search for
-    │   └── MediaError              a file that cannot be read or decoded
+    │   └── EmptyQueryError         a query with nothing to search for
+    ├── MediaError                  a file that cannot be read or decoded (named by the caller,
+    │                               or met while indexing, where it is reported and skipped)
     ├── FolderError                 a media folder that is missing or holds nothing to index
     ├── ModelError
     │   ├── ModelUnavailableError   weights cannot be found or fetched (offline)
@@ -13,6 +16,7 @@ Library code raises these; only the CLI turns them into messages and exit codes.
     └── IndexStoreError
         ├── IndexNotFoundError      no index at that path
         ├── IndexCorruptError       manifest or shard files damaged or inconsistent
+        │   └── ShardMissingError   a file the manifest lists is gone (a reader may retry)
         └── IndexLockedError        another writer holds the index
 """
 
@@ -30,6 +34,7 @@ __all__ = [
     "ModelError",
     "ModelMismatchError",
     "ModelUnavailableError",
+    "ShardMissingError",
     "XRetrieveError",
 ]
 
@@ -37,20 +42,16 @@ __all__ = [
 class XRetrieveError(Exception):
     """Root of every error xretrieve raises on purpose."""
 
-    exit_code = 1
-
 
 class InputError(XRetrieveError, ValueError):
     """A caller passed an argument that cannot be used (k <= 0, unknown option...)."""
-
-    exit_code = 2
 
 
 class EmptyQueryError(InputError):
     """The query has nothing to search for (empty or blank text, no terms)."""
 
 
-class MediaError(InputError):
+class MediaError(XRetrieveError):
     """A media file cannot be read or decoded; the message names the path and the reason."""
 
     def __init__(self, path: object, reason: str) -> None:
@@ -62,13 +63,9 @@ class MediaError(InputError):
 class FolderError(XRetrieveError):
     """The media folder does not exist, is not a folder, or holds nothing to index."""
 
-    exit_code = 3
-
 
 class ModelError(XRetrieveError):
     """The model cannot be built or used."""
-
-    exit_code = 4
 
 
 class ModelUnavailableError(ModelError):
@@ -82,8 +79,6 @@ class ModelMismatchError(ModelError):
 class IndexStoreError(XRetrieveError):
     """Something is wrong with an index on disk."""
 
-    exit_code = 5
-
 
 class IndexNotFoundError(IndexStoreError):
     """No index exists at the given path."""
@@ -95,3 +90,7 @@ class IndexCorruptError(IndexStoreError):
 
 class IndexLockedError(IndexStoreError):
     """Another process is writing to this index."""
+
+
+class ShardMissingError(IndexCorruptError):
+    """A shard file listed by the manifest is missing (a newer generation may have removed it)."""

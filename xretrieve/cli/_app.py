@@ -13,9 +13,17 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from xretrieve.errors import XRetrieveError
+from xretrieve.errors import (
+    FolderError,
+    IndexStoreError,
+    InputError,
+    MediaError,
+    ModelError,
+    XRetrieveError,
+)
 
 app = typer.Typer(
     name="xretrieve",
@@ -69,9 +77,25 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+#: Exit codes by error family, most specific first: the CLI's half of the one error tree.
+EXIT_CODES: tuple[tuple[type[XRetrieveError], int], ...] = (
+    (InputError, 2),
+    (MediaError, 2),
+    (FolderError, 3),
+    (ModelError, 4),
+    (IndexStoreError, 5),
+    (XRetrieveError, 1),
+)
+
+
+def exit_code(e: XRetrieveError) -> int:
+    """The exit code the CLI uses for an error of this family."""
+    return next(code for cls, code in EXIT_CODES if isinstance(e, cls))
+
+
 def fail(e: XRetrieveError) -> NoReturn:
-    err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
-    raise typer.Exit(code=e.exit_code)
+    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, markup=True)
+    raise typer.Exit(code=exit_code(e))
 
 
 def register(configs: list[Path] | None) -> None:

@@ -61,6 +61,7 @@ from xretrieve.errors import (
     IndexLockedError,
     IndexNotFoundError,
     IndexStoreError,
+    ShardMissingError,
 )
 from xretrieve.store import ann
 
@@ -668,10 +669,6 @@ def _unpin(fd: int, path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink()
     os.close(fd)  # closing releases the flock
-
-
-class ShardMissingError(IndexCorruptError):
-    """A shard file named by a manifest is gone (a newer generation may have replaced it)."""
 
 
 def _check_file(path: Path, expected: ShardFile, *, verify: bool) -> None:
