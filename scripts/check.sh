@@ -6,3 +6,4 @@ bash scripts/bootstrap.sh
 .venv/bin/ruff format --check xretrieve tests scripts
 .venv/bin/ruff check xretrieve tests scripts
 .venv/bin/mypy xretrieve
+.venv/bin/lint-imports  # the layout's import rules: [tool.importlinter] in pyproject.toml
