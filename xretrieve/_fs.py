@@ -2,18 +2,27 @@
 
 A file is written under a temporary name in its own folder, flushed and fsynced, renamed
 over its final name, and the folder is fsynced so the rename itself survives a crash. A
-reader therefore sees the old file or the new one, never half of either.
+reader therefore sees the old file or the new one, never half of either. `sha256_file` is
+the one content hash of a file that every reader checks its files with.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "display_path", "fsync_dir", "path_bytes"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "display_path",
+    "fsync_dir",
+    "path_bytes",
+    "sha256_file",
+]
 
 
 def fsync_dir(path: Path) -> None:
@@ -62,3 +71,12 @@ def path_bytes(p: str) -> bytes | None:
     except UnicodeDecodeError:
         return raw
     return None
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks (memory stays flat for any size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
