@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xretrieve.errors import InputError, MediaError
+from xretrieve.media.files import check_regular_file
 
 __all__ = [
     "AUDIO_EXTS",
@@ -43,6 +44,8 @@ MIN_SECONDS = 0.1
 SILENCE_PEAK = 10 ** (-70 / 20)
 #: Only the first this many seconds of a long file are decoded (duration still reports all).
 MAX_SECONDS = 600.0
+#: Audio files above this size are refused before decoding (10 min of 32-bit 8-channel 96 kHz).
+MAX_AUDIO_FILE_BYTES = 2 << 30
 
 Waveform = npt.NDArray[np.float32]
 AudioSource = str | os.PathLike[str] | bytes | IO[bytes]
@@ -95,11 +98,9 @@ def decode_audio(
                 f"unsupported audio format {path.suffix or '(no extension)'!r} "
                 f"(supported: {', '.join(sorted(AUDIO_EXTS))})",
             )
-        try:
-            if path.stat().st_size == 0:
-                raise MediaError(label, "empty file (0 bytes)")
-        except OSError as e:
-            raise MediaError(label, f"cannot read file ({e.strerror or e})") from e
+        check_regular_file(path, max_bytes=MAX_AUDIO_FILE_BYTES)
+        if path.stat().st_size == 0:
+            raise MediaError(label, "empty file (0 bytes)")
     elif isinstance(source, bytes):
         if not source:
             raise MediaError(label, "empty file (0 bytes)")

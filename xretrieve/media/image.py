@@ -18,6 +18,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
 from xretrieve._fs import display_path
 from xretrieve.errors import MediaError
+from xretrieve.media.files import read_regular_file
 
 __all__ = [
     "IMAGE_EXTS",
@@ -160,12 +161,5 @@ def decode_image(data: bytes, *, path: object = "<bytes>", target_size: int = 22
 def load_image(path: str | os.PathLike[str], *, target_size: int = 224) -> DecodedImage:
     """Read and decode one image file; raise `MediaError` naming the path on any failure."""
     p = Path(path).expanduser()
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError as e:
-        raise MediaError(display_path(p), "no such file") from e
-    except IsADirectoryError as e:
-        raise MediaError(display_path(p), "is a folder, not an image") from e
-    except OSError as e:
-        raise MediaError(display_path(p), f"cannot read: {e.strerror}") from e
+    data = read_regular_file(p)
     return decode_image(data, path=display_path(p), target_size=target_size)
