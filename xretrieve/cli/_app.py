@@ -32,8 +32,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# Markup and emoji codes are off: paths and captions come from the index or the user, and
+# `a [/oops] red circle` or `:smile:` must print as written. Styled text escapes its data.
+out = Console(soft_wrap=True, markup=False, emoji=False)
+err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
 DEFAULT_INDEX = Path("indexes/default")
 
 IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="Index folder.")]

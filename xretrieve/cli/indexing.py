@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from xretrieve.cli._app import (
@@ -36,8 +37,12 @@ def index_cmd(
     pretrained: PretrainedOpt = None,
     model_config: ModelConfigOpt = None,
     device: DeviceOpt = "auto",
-    batch_size: Annotated[int, typer.Option(help="Images per encoder batch.")] = 32,
-    workers: Annotated[int | None, typer.Option(help="Decode threads (default: cores).")] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=65_536, help="Images per encoder batch.")
+    ] = 32,
+    workers: Annotated[
+        int | None, typer.Option(min=1, max=256, help="Decode threads (default: cores).")
+    ] = None,
     full: Annotated[
         bool, typer.Option("--full", help="Rebuild: re-read and re-encode everything.")
     ] = False,
@@ -47,7 +52,7 @@ def index_cmd(
             help="FAISS index type override (flat, hnsw, ivf-sq8, ivf-pq, or a FAISS factory string)."
         ),
     ] = None,
-    max_rows: Annotated[int, typer.Option(help="Maximum rows per shard.")] = 1_000_000,
+    max_rows: Annotated[int, typer.Option(min=1, help="Maximum rows per shard.")] = 1_000_000,
     shard_by: Annotated[
         str | None,
         typer.Option(
@@ -58,10 +63,11 @@ def index_cmd(
     ] = None,
     commit_every: Annotated[
         int,
-        typer.Option(help="Items between two commits (a killed run resumes from the last)."),
+        typer.Option(min=1, help="Items between two commits (a killed run resumes from the last)."),
     ] = 4096,
     torch_threads: Annotated[
-        int | None, typer.Option(help="Encoder threads (default: torch's own choice).")
+        int | None,
+        typer.Option(min=1, max=1024, help="Encoder threads (default: torch's own choice)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: JsonOpt = False,
@@ -118,7 +124,11 @@ def index_cmd(
     t.add_row("items/s", f"{report.items_per_s:.1f}")
     out.print(t)
     for p in report.problems:
-        err.print(f"[yellow]skipped[/] {p.path}: {p.reason}", highlight=False)
+        err.print(
+            f"[yellow]skipped[/] {escape(str(p.path))}: {escape(p.reason)}",
+            highlight=False,
+            markup=True,
+        )
 
 
 @app.command("info")
@@ -143,7 +153,9 @@ def info_cmd(
         print_json({"path": str(index), **json.loads(m.to_json())})
         return
     out.print(
-        f"[bold]{index}[/]  generation {m.generation}, format v{m.format_version}", highlight=False
+        f"[bold]{escape(str(index))}[/]  generation {m.generation}, format v{m.format_version}",
+        highlight=False,
+        markup=True,
     )
     out.print(f"root     {m.root}", highlight=False)
     out.print(
