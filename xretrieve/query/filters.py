@@ -1,23 +1,33 @@
 """Filters: SQL WHERE expressions over the shards' Parquet metadata, run with DuckDB.
 
-`parse_where("width >= 1024 AND path LIKE '%2024%'", columns=...)` checks that the text is
-one boolean expression over known columns and nothing else (no second statement, no
-subquery, no set operation); `shard_may_match` skips shards whose partition statistics
-rule the expression out; `Filter.allowed_rows` gives the matching row ids of one shard.
+`parse_where("width >= 1024 AND path LIKE '%2024%'", columns=...)` validates the text;
+`shard_may_match` skips shards whose partition statistics rule the expression out;
+`Filter.allowed_rows` gives the matching row ids of one shard. Rules this module keeps:
 
-DuckDB runs with file-system access disabled and its configuration locked: an expression
-can read the metadata it is given and nothing more.
+- The text is one expression and nothing else. Size and nesting are bounded before DuckDB's
+  parser sees it; the parser reads `SELECT <text>`, which must be one statement with one
+  select-list item and no clause; the tree is walked with allow-lists of node kinds,
+  operators, functions, cast types and column names (`_where_ast` has the lists). Subqueries,
+  windows, `*`, table functions, settings and catalog functions are refused.
+- DuckDB never runs the user's text, so nothing in it can append a clause: it runs
+  `Where.expr`, re-emitted from the validated tree with every node in brackets, columns
+  quoted, strings escaped and every keyword, operator, function and type name spelt by the
+  allow-lists, and `Where.expr` must parse back and re-emit to itself.
+- Every connection has external access off, extension loading off, one thread, a memory limit
+  and its configuration locked. Each query runs in a worker thread the caller waits on: past
+  `WhereLimits.seconds` the connection is interrupted and the caller gets an `InputError`;
+  Ctrl-C interrupts it too and `KeyboardInterrupt` propagates at once.
+- Errors are `InputError`s with one-line messages naming the expression (never a CLI flag).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
@@ -25,9 +35,25 @@ import pyarrow as pa
 
 from xretrieve._types import Ids
 from xretrieve.errors import InputError
+from xretrieve.query._where_ast import (
+    DEFAULT_LIMITS,
+    Emitter,
+    WhereLimits,
+    check_text,
+    connect,
+    parse_one,
+    prescan,
+    refuse,
+)
 
-__all__ = ["Condition", "Filter", "Where", "parse_where", "shard_may_match"]
+__all__ = ["Condition", "Filter", "Where", "WhereLimits", "parse_where", "shard_may_match"]
 
+T = TypeVar("T")
+# Allowed-row sets kept per Filter: a repeated filter costs one dict lookup.
+_CACHE_ENTRIES = 256
+# How long an interrupted query may take to let go of its connection before it is abandoned.
+_GRACE_S = 2.0
+# The comparisons shard pruning understands, as `Condition.op`.
 _OPS = {
     "COMPARE_EQUAL": "=",
     "COMPARE_NOTEQUAL": "!=",
@@ -37,8 +63,6 @@ _OPS = {
     "COMPARE_LESSTHANOREQUALTO": "<=",
 }
 _FLIP = {"=": "=", "!=": "!=", ">": "<", ">=": "<=", "<": ">", "<=": ">="}
-# Allowed-row sets kept per Filter: a repeated --where costs one dict lookup.
-_CACHE_ENTRIES = 256
 
 
 @dataclass(frozen=True)
@@ -52,41 +76,15 @@ class Condition:
 
 @dataclass(frozen=True)
 class Where:
-    """A validated WHERE expression, the columns it reads and its prunable conjuncts."""
+    """A validated WHERE expression, the columns it reads and its prunable conjuncts.
+
+    `sql` is the caller's text (trimmed); `expr` is what DuckDB runs, rebuilt from the tree.
+    """
 
     sql: str
     columns: frozenset[str]
     conditions: tuple[Condition, ...]
-
-
-def _connect() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(config={"enable_external_access": False, "threads": 1})
-    con.execute("SET lock_configuration = true")
-    return con
-
-
-_parser: duckdb.DuckDBPyConnection | None = None
-_parser_lock = threading.Lock()
-
-
-def _serialize(sql: str) -> dict[str, Any]:
-    """DuckDB's parse tree of `sql` as JSON (one shared connection: connecting costs ~20 ms)."""
-    global _parser
-    with _parser_lock:
-        if _parser is None:
-            _parser = _connect()
-        row = _parser.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
-    return dict(json.loads(row[0])) if row else {"error": True, "error_message": "no result"}
-
-
-def _walk(node: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(node, dict):
-        yield node
-        for v in node.values():
-            yield from _walk(v)
-    elif isinstance(node, list):
-        for v in node:
-            yield from _walk(v)
+    expr: str = ""
 
 
 def _literal(node: dict[str, Any]) -> float | str | None:
@@ -120,67 +118,26 @@ def _conditions(node: dict[str, Any]) -> Iterator[Condition]:
             yield Condition(left["column_names"][-1], op, value)
 
 
-def parse_where(sql: str, *, columns: Sequence[str]) -> Where:
+def parse_where(
+    sql: str | bytes, *, columns: Sequence[str], limits: WhereLimits = DEFAULT_LIMITS
+) -> Where:
     """Validate a WHERE expression: one boolean expression over `columns`, nothing else."""
-    text = (sql or "").strip()
+    text = check_text(sql, limits).rstrip(";").rstrip()
     if not text:
-        raise InputError("the --where expression is empty")
-    if len(text) > 10_000:
-        raise InputError("the --where expression is longer than 10,000 characters")
-    body = text.rstrip(";").rstrip()
-    try:
-        tokens = duckdb.tokenize(body)
-    except duckdb.Error:
-        tokens = []
-    if any(body[pos] == ";" for pos, kind in tokens if kind == duckdb.token_type.operator):
-        raise InputError(
-            f"--where takes one boolean expression, not SQL statements: {text!r} "
-            "(no ';'; e.g. --where \"width >= 1024 AND path LIKE '%2024%'\")"
-        )
-    text = text.rstrip(";").strip()
-    wrapped = f"SELECT 1 FROM __meta WHERE ({text})"
-    tree = _serialize(wrapped)
-    if tree.get("error"):
-        raise InputError(
-            f"--where {text!r} is not a valid SQL expression: {tree.get('error_message')}"
-        )
-    statements = tree.get("statements", [])
-    node = statements[0].get("node", {}) if len(statements) == 1 else {}
-    if (
-        node.get("type") != "SELECT_NODE"
-        or node.get("modifiers")
-        or node.get("group_expressions")
-        or node.get("having")
-        or (node.get("cte_map") or {}).get("map")
-        or (node.get("from_table") or {}).get("table_name") != "__meta"
-        or len(node.get("select_list", [])) != 1
-    ):
-        raise InputError(f"--where {text!r} must be one boolean expression, not a query")
-    where = node["where_clause"]
-    used: set[str] = set()
-    for sub in _walk(where):
-        cls = sub.get("class")
-        if cls in ("SUBQUERY", "WINDOW", "STAR") or sub.get("type") == "SUBQUERY":
-            raise InputError(
-                f"--where {text!r}: subqueries, window functions and * are not allowed; "
-                "compare metadata columns with values"
-            )
-        if cls == "COLUMN_REF":
-            names = sub.get("column_names", [])
-            if len(names) != 1:
-                raise InputError(f"--where {text!r}: use bare column names, not {'.'.join(names)}")
-            used.add(names[0])
-    known = {c.lower(): c for c in columns}
-    unknown = sorted(c for c in used if c.lower() not in known)
-    if unknown:
-        raise InputError(
-            f"--where {text!r}: unknown column {', '.join(unknown)}; "
-            f"the metadata columns are {', '.join(columns)}"
-        )
+        raise InputError("the WHERE expression is empty")
+    prescan(text, limits)
+    node = parse_one(text)
+    emitter = Emitter(text, columns, limits.max_depth)
+    expr = emitter.emit(node)
+    # The emitter's own check: what DuckDB will run parses back to the same expression.
+    again = Emitter(text, columns, limits.max_depth + 1).emit(parse_one(expr))
+    if again != expr:
+        raise refuse(text, "cannot be rebuilt faithfully; simplify it")
     return Where(
         sql=text,
-        columns=frozenset(known[c.lower()] for c in used),
-        conditions=tuple(_conditions(where)),
+        columns=frozenset(emitter.used),
+        conditions=tuple(_conditions(node)),
+        expr=expr,
     )
 
 
@@ -235,11 +192,54 @@ def shard_may_match(where: Where, partition: dict[str, Any] | None) -> bool:
     return True
 
 
+class _Abandoned(Exception):
+    """An interrupted query did not let go of its connection in time."""
+
+
+def _bounded(con: Any, run: Callable[[], T], *, seconds: float) -> T:
+    """`run()` on a worker thread; past `seconds`, or on Ctrl-C, interrupt `con`.
+
+    Raises `duckdb.InterruptException` on a timeout, `_Abandoned` if the interrupted query
+    still holds the connection after a grace period, and re-raises `KeyboardInterrupt`.
+    """
+    done = threading.Event()
+    box: list[tuple[bool, Any]] = []
+
+    def work() -> None:
+        try:
+            box.append((True, run()))
+        except BaseException as e:  # handed to the waiting caller
+            box.append((False, e))
+        finally:
+            done.set()
+
+    # An Event, not Thread.join: Ctrl-C during join() can leave the thread marked finished.
+    threading.Thread(target=work, name="xretrieve-where", daemon=True).start()
+    try:
+        finished = done.wait(seconds)
+    except KeyboardInterrupt:
+        con.interrupt()
+        done.wait(_GRACE_S)
+        raise
+    if not finished:
+        con.interrupt()
+        if not done.wait(_GRACE_S):
+            raise _Abandoned
+        if box and box[0][0]:  # it finished just as the interrupt came
+            return box[0][1]
+        raise duckdb.InterruptException("time limit")
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
 class Filter:
     """Runs WHERE expressions over shard metadata tables; caches the allowed rows per shard."""
 
-    def __init__(self) -> None:
-        self._con = _connect()
+    def __init__(self, *, limits: WhereLimits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self._con = connect(limits)
         self._lock = threading.Lock()
         self._views: dict[str, str] = {}
         self._cache: OrderedDict[tuple[str, str], Ids] = OrderedDict()
@@ -252,6 +252,30 @@ class Filter:
             self._views[shard] = name
         return name
 
+    def _expr(self, where: Where, columns: Sequence[str]) -> str:
+        """The validated expression; a `Where` built by hand is validated here."""
+        return where.expr or parse_where(where.sql, columns=columns, limits=self.limits).expr
+
+    def _run(self, where: Where, what: str, run: Callable[[], T]) -> T:
+        """`run()` within the limits; DuckDB's errors become one-line `InputError`s."""
+        try:
+            return _bounded(self._con, run, seconds=self.limits.seconds)
+        except _Abandoned:
+            self._con, self._views = connect(self.limits), {}  # the old one is still busy
+            raise self._timeout(where) from None
+        except duckdb.InterruptException:
+            raise self._timeout(where) from None
+        except duckdb.OutOfMemoryException:
+            raise refuse(
+                where.sql, f"needs more than {self.limits.memory} of memory to evaluate"
+            ) from None
+        except duckdb.Error as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise refuse(where.sql, f"{what}: {first}") from e
+
+    def _timeout(self, where: Where) -> InputError:
+        return refuse(where.sql, f"took longer than {self.limits.seconds:g} s to evaluate")
+
     def allowed_rows(self, where: Where, shard: str, table: pa.Table) -> Ids:
         """Sorted row ids of `shard` (its metadata `table`) where the expression is true."""
         key = (where.sql, shard)
@@ -260,14 +284,13 @@ class Filter:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-            view = self._view(shard, table)
-            try:
-                got = self._con.execute(
-                    f'SELECT "row" FROM {view} WHERE ({where.sql})'
-                ).fetchnumpy()["row"]
-            except duckdb.Error as e:
-                first = str(e).strip().splitlines()[0]
-                raise InputError(f"--where {where.sql!r} cannot be evaluated: {first}") from e
+            expr = self._expr(where, table.column_names)
+            con, view = self._con, self._view(shard, table)
+            got = self._run(
+                where,
+                "cannot be evaluated",
+                lambda: con.execute(f'SELECT "row" FROM {view} WHERE {expr}').fetchnumpy()["row"],
+            )
             rows = np.sort(np.asarray(got, dtype=np.int64))  # already in order: a cheap check
             self._cache[key] = rows
             if len(self._cache) > _CACHE_ENTRIES:
@@ -277,19 +300,18 @@ class Filter:
     def check_type(self, where: Where, schema: pa.Schema) -> None:
         """Raise `InputError` unless the expression binds to a BOOLEAN over `schema`."""
         with self._lock:
+            expr = self._expr(where, schema.names)
             name = f"__schema_{abs(hash(schema.to_string())) % 10**8}"
             if name not in self._views.values():
                 self._con.register(name, schema.empty_table())
                 self._views[name] = name
-            try:
-                kind = self._con.execute(
-                    f"DESCRIBE SELECT ({where.sql}) AS f FROM {name}"
-                ).fetchall()
-            except duckdb.Error as e:
-                first = str(e).strip().splitlines()[0]
-                raise InputError(f"--where {where.sql!r} is not valid here: {first}") from e
+            con = self._con
+            kind = self._run(
+                where,
+                "is not valid here",
+                lambda: con.execute(f"DESCRIBE SELECT {expr} AS f FROM {name}").fetchall(),
+            )
         if kind[0][1] != "BOOLEAN":
-            raise InputError(
-                f"--where {where.sql!r} has type {kind[0][1]}, not a true/false condition "
-                "(e.g. width >= 1024)"
+            raise refuse(
+                where.sql, f"has type {kind[0][1]}, not a true/false condition (e.g. width >= 1024)"
             )
