@@ -313,10 +313,10 @@ class Emitter:
 
     def cast_type(self, node: dict[str, Any]) -> str:
         spec = node.get("type_expr")
-        if isinstance(spec, dict):  # DuckDB >= 1.4: a TYPE expression
+        if isinstance(spec, dict):  # recent DuckDB (2.0 here): a TYPE expression
             name, args = spec.get("type_name"), spec.get("children") or []
             qualified = spec.get("schema") or spec.get("catalog")
-        else:  # older DuckDB: a serialized LogicalType
+        else:  # older DuckDB (untested here): a serialized LogicalType
             spec = node.get("cast_type") or {}
             name, args, qualified = spec.get("id"), [], spec.get("type_info")
         canon = _TYPES.get(str(name).upper()) if not qualified else None
@@ -343,7 +343,7 @@ class Emitter:
         ):
             raise self.fail(f"uses {name} as an aggregate; filters compare single rows")
         raw = node.get("arguments")
-        if raw is None:  # older DuckDB: children without names
+        if raw is None:  # older DuckDB (untested here): unnamed children
             raw = [{"name": "", "expression": c} for c in node.get("children", [])]
         if any(a.get("name") for a in raw):
             raise self.fail(f"passes named arguments to {name}")
