@@ -47,7 +47,8 @@ PUBLIC = {
     "CorpusReport", "EmptyQueryError", "Encoder", "FolderError", "Hit", "Hits", "Index",
     "IndexCorruptError", "IndexLockedError", "IndexNotFoundError", "IndexOptions", "IndexReport",
     "IndexStoreError", "InputError", "MediaError", "ModelError", "ModelMismatchError",
-    "ModelSpec", "ModelUnavailableError", "SearchOptions", "ShardMissingError", "XRetrieveError",
+    "ModelSpec", "ModelUnavailableError", "NotAnIndexError", "SearchOptions", "ShardMissingError",
+    "XRetrieveError",
     "__version__", "add_captions", "index_folder", "list_models", "load_encoder", "open_index",
     "register_model_config",
 }  # fmt: skip

@@ -27,6 +27,7 @@ from xretrieve.errors import (
     ModelError,
     ModelMismatchError,
     ModelUnavailableError,
+    NotAnIndexError,
     ShardMissingError,
     XRetrieveError,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "ModelMismatchError",
     "ModelSpec",
     "ModelUnavailableError",
+    "NotAnIndexError",
     "SearchOptions",
     "ShardMissingError",
     "XRetrieveError",

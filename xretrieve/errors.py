@@ -17,7 +17,8 @@ exit code, and no message names a command-line flag: the CLI adds its own hints.
         ├── IndexNotFoundError      no index at that path
         ├── IndexCorruptError       manifest or shard files damaged or inconsistent
         │   └── ShardMissingError   a file the manifest lists is gone (a reader may retry)
-        └── IndexLockedError        another writer holds the index
+        ├── IndexLockedError        another writer holds the index
+        └── NotAnIndexError         a folder holding other files, which no index is written into
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "ModelError",
     "ModelMismatchError",
     "ModelUnavailableError",
+    "NotAnIndexError",
     "ShardMissingError",
     "XRetrieveError",
 ]
@@ -90,6 +92,10 @@ class IndexCorruptError(IndexStoreError):
 
 class IndexLockedError(IndexStoreError):
     """Another process is writing to this index."""
+
+
+class NotAnIndexError(IndexStoreError):
+    """A folder to write an index into holds files but no index: nothing is written there."""
 
 
 class ShardMissingError(IndexCorruptError):
