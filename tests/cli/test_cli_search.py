@@ -61,12 +61,13 @@ def test_where_limits_results(cli_index: Path, world_dir: Path, cli) -> None:  #
         ([], "nothing to search for"),
         (["x", "--weights", "a"], "comma-separated numbers"),
         (["x", "--where", "colour = 'red'"], "unknown column colour; the metadata columns are"),
+        # Options are checked before the model loads.
+        (["x", "--fusion", "max"], "unknown fusion"),
+        (["x", "-k", "0"], "k must be"),
         # These load the model first (~10 s each): run with the slow set.
         pytest.param(["x", "--where", "1; DROP TABLE x"], "not SQL statements", marks=SLOW),
         pytest.param(["x", "--where", "width >"], "not a valid SQL expression", marks=SLOW),
         pytest.param(["x", "--weights", "1,2"], "2 weights for 1 terms", marks=SLOW),
-        pytest.param(["x", "--fusion", "max"], "unknown fusion", marks=SLOW),
-        pytest.param(["x", "-k", "0"], "k must be", marks=SLOW),
     ],
 )
 def test_bad_search_input_is_one_line(cli_index: Path, cli, args: list[str], match: str) -> None:  # type: ignore[no-untyped-def]

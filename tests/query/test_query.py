@@ -13,6 +13,7 @@ from PIL import Image
 import xretrieve
 from xretrieve import IndexOptions, index_folder
 from xretrieve.errors import EmptyQueryError, InputError, MediaError, ModelMismatchError
+from xretrieve.query import ImageTerm, SearchOptions
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,83 @@ def test_caption_returns_text_items(idx: xretrieve.Index, world_dir: Path) -> No
     hits = idx.caption(str(probe), k=4)
     assert len(hits) == 4 and {h.modality for h in hits} == {"text"}
     assert all(h.caption for h in hits)
+
+
+def _ids_and_scores(hits: xretrieve.Hits) -> tuple[list[tuple[str, int]], np.ndarray]:
+    return [(h.metadata["shard"], h.metadata["row"]) for h in hits], np.array(
+        [h.score for h in hits]
+    )
+
+
+def test_caption_embeds_an_image_whatever_form_it_comes_in(
+    idx: xretrieve.Index, world_dir: Path
+) -> None:
+    """A str path is an image under caption(): the same hits as Path and PIL, not text's."""
+    probe = sorted((world_dir / "test").glob("*.png"))[2]
+    ids, scores = _ids_and_scores(idx.caption(str(probe), k=6))
+    for same in (probe, Image.open(probe)):
+        other_ids, other_scores = _ids_and_scores(idx.caption(same, k=6))
+        assert other_ids == ids
+        np.testing.assert_allclose(other_scores, scores, atol=1e-6)
+    as_text = _ids_and_scores(idx.search(str(probe), k=6, modality="text"))
+    assert as_text[0] != ids or not np.allclose(as_text[1], scores, atol=1e-3)
+
+
+def test_image_keyword_embeds_a_str_as_an_image(idx: xretrieve.Index, world_dir: Path) -> None:
+    probe = sorted((world_dir / "test").glob("*.png"))[5]
+    by_str = idx.search(image=str(probe), k=5)
+    by_path = idx.search(image=probe, k=5)
+    assert by_str[0].path == probe.name and by_str[0].score == pytest.approx(1.0, abs=1e-4)
+    assert _ids_and_scores(by_str)[0] == _ids_and_scores(by_path)[0]
+    np.testing.assert_allclose(_ids_and_scores(by_str)[1], _ids_and_scores(by_path)[1], atol=1e-6)
+    image_q = idx.query_vector(image=str(probe))
+    text_q = idx.query_vector(str(probe))  # positional: a str is text
+    np.testing.assert_allclose(image_q, idx.embed_image(probe), atol=1e-6)
+    assert float((image_q @ text_q.T)[0, 0]) < 0.99
+    # ImageTerm marks a str as an image inside a positional list.
+    mixed = idx.query_vector(["x", ImageTerm(str(probe))], weights=[1e-6, 1.0])
+    np.testing.assert_allclose(mixed, image_q, atol=1e-4)
+
+
+def test_options_come_as_keywords_an_object_or_both(idx: xretrieve.Index) -> None:
+    q = "a large red circle"
+    by_keywords = idx.search(q, k=3, rerank=True, dedup=0.9999)
+    by_object = idx.search(q, options=SearchOptions(k=3, rerank=True, dedup=0.9999))
+    assert by_keywords.paths == by_object.paths and len(by_keywords) == 3
+    assert len(idx.search(q, options=SearchOptions(k=3), k=2)) == 2  # keywords win
+    vec = idx.query_vector(q)
+    assert idx.search_vector(vec, k=3, rerank=True, dedup=0.9999).paths == by_keywords.paths
+    assert len(idx.search_vector(vec, options=SearchOptions(k=4))) == 4
+    assert len(idx.caption(Image.new("RGB", (32, 32), "red"))) == 5  # caption's own default
+    assert len(idx.caption(Image.new("RGB", (32, 32), "red"), k=2)) == 2
+    captions = idx.caption(Image.new("RGB", (32, 32), "red"), options=SearchOptions(k=3))
+    assert len(captions) == 3 and {h.modality for h in captions} == {"text"}
+
+
+def test_unknown_options_are_named_with_the_valid_ones(idx: xretrieve.Index) -> None:
+    red = Image.new("RGB", (32, 32), "red")
+    vec = idx.query_vector("x")
+    calls = [
+        lambda: idx.search("x", wehre="width > 0"),  # type: ignore[call-arg]
+        lambda: idx.search_vector(vec, wehre="width > 0"),  # type: ignore[call-arg]
+        lambda: idx.caption(red, wehre="width > 0"),  # type: ignore[call-arg]
+    ]
+    for call in calls:
+        with pytest.raises(InputError, match=r"unknown search option wehre: the options are k, "):
+            call()
+    with pytest.raises(InputError, match="caption"):
+        idx.caption(red, modality="image")
+
+
+def test_search_overrides_mirror_search_options() -> None:
+    import dataclasses
+    import typing
+
+    from xretrieve.query import options
+
+    fields = {f.name for f in dataclasses.fields(SearchOptions)}
+    assert set(options.SearchOverrides.__annotations__) == fields == set(options.OPTION_NAMES)
+    assert typing.get_type_hints(options.SearchOverrides) == typing.get_type_hints(SearchOptions)
 
 
 def test_text_search_returns_images_with_metadata(idx: xretrieve.Index) -> None:

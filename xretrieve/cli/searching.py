@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -25,7 +25,10 @@ from xretrieve.cli._app import (
     print_json,
     register,
 )
-from xretrieve.errors import InputError, XRetrieveError
+from xretrieve.errors import InputError, ModelUnavailableError, XRetrieveError
+
+if TYPE_CHECKING:
+    from xretrieve.query import Index
 
 WhereOpt = Annotated[
     str | None,
@@ -59,6 +62,15 @@ def _term(value: str) -> Any:
     # A --not value naming an existing file is an image; anything else is text.
     p = Path(value).expanduser()
     return p if p.is_file() else value
+
+
+def _open_index(index: Path, *, model: str | None, pretrained: str | None, device: str) -> Index:
+    from xretrieve.query import open_index
+
+    try:
+        return open_index(index, model=model, pretrained=pretrained, device=device)
+    except ModelUnavailableError as e:
+        raise ModelUnavailableError(f"{e} (--model names another copy)") from e
 
 
 @app.command("search")
@@ -130,26 +142,21 @@ def search_cmd(
     The query vector is normalise(sum w_i * term_i - sum v_j * not_j) over unit embeddings.
     """
     from xretrieve.errors import EmptyQueryError
-    from xretrieve.query import AudioTerm, open_index
+    from xretrieve.query import SearchOptions
 
     try:
         register(model_config)
-        positive: list[Any] = ([query] if query is not None else []) + list(text or [])
-        positive += list(image or [])
-        positive += [AudioTerm(p) for p in audio or []]
+        # Each term goes under the keyword of its kind, in the order --weights follows.
+        texts = ([query] if query is not None else []) + list(text or [])
+        images, sounds = list(image or []), list(audio or [])
         negatives = [_term(v) for v in negative or []]
-        if not positive:
+        if not (texts or images or sounds):
             raise EmptyQueryError(
                 "only --not terms: give something to search for as well"
                 if negatives
                 else "nothing to search for: give a text query, --text, --image or --audio"
             )
-        idx = open_index(index, model=model, pretrained=pretrained, device=device)
-        hits = idx.search(
-            positive,
-            weights=_floats(weights, "--weights"),
-            negative=negatives,
-            negative_weights=_floats(not_weights, "--not-weights"),
+        options = SearchOptions(
             k=k,
             modality=modality,  # type: ignore[arg-type]
             where=where,
@@ -161,10 +168,20 @@ def search_cmd(
             oversample=oversample,
             mmr=mmr,
             dedup=dedup,
+        ).validate()  # before the model loads: a bad option fails fast
+        idx = _open_index(index, model=model, pretrained=pretrained, device=device)
+        hits = idx.search(
+            texts,
+            image=images,
+            audio=sounds,
+            weights=_floats(weights, "--weights"),
+            negative=negatives,
+            negative_weights=_floats(not_weights, "--not-weights"),
+            options=options,
         )
     except XRetrieveError as e:
         fail(e)
-    title = " + ".join(str(t.source if isinstance(t, AudioTerm) else t) for t in positive)
+    title = " + ".join(str(t) for t in [*texts, *images, *sounds])
     _show(hits, as_json=as_json, paths=paths, title=f"{title} ({len(hits)} hits)", explain=explain)
 
 
@@ -204,11 +221,9 @@ def caption_cmd(
     explain: ExplainOpt = False,
 ) -> None:
     """Find the indexed captions (sidecars and caption corpora) nearest to IMAGE."""
-    from xretrieve.query import open_index
-
     try:
         register(model_config)
-        idx = open_index(index, model=model, pretrained=pretrained, device=device)
+        idx = _open_index(index, model=model, pretrained=pretrained, device=device)
         hits = idx.caption(image, k=k, where=where, dedup=dedup)
     except XRetrieveError as e:
         fail(e)
