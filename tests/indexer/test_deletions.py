@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import faults
 import numpy as np
 import pytest
 
@@ -14,8 +15,7 @@ import xretrieve
 from xretrieve import store
 from xretrieve.encoders import Encoder
 from xretrieve.errors import IndexCorruptError
-from xretrieve.indexer import IndexOptions, index_folder
-from xretrieve.indexer import folder as indexer
+from xretrieve.indexer import IndexOptions, commit, index_folder
 
 
 def _opts(**kw: Any) -> IndexOptions:
@@ -36,7 +36,7 @@ def folder(world_dir: Path, tmp_path: Path) -> Path:
 @pytest.fixture()
 def big_shards(monkeypatch: pytest.MonkeyPatch) -> None:
     """Shards of 4 rows or more count as big (the real threshold is 20,000 rows)."""
-    monkeypatch.setattr(indexer, "COMPACT_ROWS", 4)
+    monkeypatch.setattr(commit, "COMPACT_ROWS", 4)
 
 
 def _shard(m: store.Manifest, modality: str) -> store.ShardInfo:
@@ -115,7 +115,6 @@ def test_a_changed_file_shows_once_in_every_generation_of_a_run(
     for src in others[1:6]:
         shutil.copy(src, folder / f"new-{src.name}")  # new items: several commits
     views: list[list[tuple[str, str]]] = []
-    real = store.manifest.kill_point
 
     def snapshot(point: str) -> None:
         if point == "after-manifest":
@@ -128,9 +127,8 @@ def test_a_changed_file_shows_once_in_every_generation_of_a_run(
                         if i not in set(s.deleted.tolist()) and row["modality"] != "text"
                     ]
                 )
-        real(point)
 
-    monkeypatch.setattr(store.manifest, "kill_point", snapshot)
+    faults.install(snapshot, patch=monkeypatch.setattr)
     run = index_folder(folder, idx, encoder=tiny_encoder, options=_opts(commit_every=2))
     assert run.commits >= 3 and run.updated == 1 and run.indexed == 5
     for view in views:  # every generation the run landed: each file once

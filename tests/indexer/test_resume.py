@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import faults
 import numpy as np
 import pytest
 from PIL import Image
@@ -20,10 +21,12 @@ from xretrieve.encoders import Encoder
 from xretrieve.indexer import IndexOptions, index_folder
 from xretrieve.store import ann
 
+FAULTS_DIR = Path(faults.__file__).resolve().parent
+
 # Small batches, commits and shards so that one run passes every kill point several times.
 OPTS = {"progress": False, "batch_size": 2, "commit_every": 3, "max_rows_per_shard": 4}
 
-#: (point, n): SIGKILL at the n-th time the run reaches `point` (see store.kill_point).
+#: (point, n): SIGKILL at the n-th time the run reaches `point` (see faults.py).
 KILL_POINTS = [
     "encoded-batch:1",
     "encoded-batch:3",
@@ -49,12 +52,14 @@ import json, os, random, shutil, signal, sys, time
 import torch
 torch.set_num_threads(1)
 from xretrieve.encoders import load_encoder
-from xretrieve.indexer import folder as indexer
+from xretrieve.indexer import commit
 from xretrieve.indexer import IndexOptions, index_folder
 
 cfg = json.loads(sys.argv[1])
-indexer.COMPACT_ROWS = cfg.get("compact_rows", indexer.COMPACT_ROWS)
-indexer.COMPACT_DELETED_FRACTION = cfg.get("deleted_fraction", indexer.COMPACT_DELETED_FRACTION)
+sys.path.insert(0, cfg["faults_dir"])
+import faults
+commit.COMPACT_ROWS = cfg.get("compact_rows", commit.COMPACT_ROWS)
+commit.COMPACT_DELETED_FRACTION = cfg.get("deleted_fraction", commit.COMPACT_DELETED_FRACTION)
 enc = load_encoder("xr-tiny", pretrained=None, device="cpu", batch_size=2)
 opts = IndexOptions(**cfg["opts"])
 
@@ -62,7 +67,7 @@ def run(idx, kill_at=None, delay=None):
     pid = os.fork()
     if pid == 0:
         if kill_at:
-            os.environ["XRETRIEVE_KILL_AT"] = kill_at
+            faults.kill_at(kill_at)  # in the child only: the wrappers die with it
         try:
             index_folder(cfg["folder"], idx, encoder=enc, options=opts)
             os._exit(0)
@@ -145,6 +150,7 @@ def _drive(work: Path, folder: Path, base: Path, scenarios: list[tuple], **extra
         "work": str(work),
         "opts": OPTS,
         "scenarios": scenarios,
+        "faults_dir": str(FAULTS_DIR),
         **extra,
     }
     r = subprocess.run(
@@ -177,7 +183,7 @@ def test_kill_at_each_point_then_resume(
     scenarios = [(f"k{i}", point, None) for i, point in enumerate(KILL_POINTS)]
     results = _drive(tmp_path, folder, base, scenarios)
     killed = [name for name, (rc, _) in results.items() if rc == -signal.SIGKILL]
-    assert len(killed) >= 10, results  # the hooks really fired, at >= 10 distinct points
+    assert len(killed) == len(KILL_POINTS), results  # every fault really fired
     for name, (_, resumed) in results.items():
         assert resumed == 0, (name, results)
         _check_exact(tmp_path / name, fresh)
@@ -214,6 +220,36 @@ def test_kill_at_random_times_then_resume(
         _check_exact(tmp_path / name, fresh)
 
 
+def test_every_kill_point_is_reached(
+    resume_setup: tuple[Path, Path, Path],
+    tiny_encoder: Encoder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run the kill tests interrupt passes each point of KILL_POINTS at least n times, so
+    every kill scenario really kills (the faults' wrappers sit on live code paths)."""
+    folder, base, fresh = resume_setup
+    idx = tmp_path / "idx"
+    shutil.copytree(base, idx)
+    counts = faults.counter(patch=monkeypatch.setattr)
+    index_folder(folder, idx, encoder=tiny_encoder, options=IndexOptions(**OPTS))
+    for spec in KILL_POINTS:
+        point, _, nth = spec.partition(":")
+        assert counts[point] >= int(nth), (spec, counts)
+    _check_exact(idx, fresh)
+
+
+# `xretrieve index` run as `python -m xretrieve.cli`, with the kill wrappers installed first.
+CLI_KILLED = r"""
+import runpy, sys
+sys.path.insert(0, sys.argv[1])
+import faults
+faults.kill_at(sys.argv[2])
+sys.argv = ["xretrieve", *sys.argv[3:]]
+runpy.run_module("xretrieve.cli", run_name="__main__", alter_sys=True)
+"""
+
+
 def test_killed_cli_run_resumes(
     resume_setup: tuple[Path, Path, Path],
     tmp_path: Path,
@@ -225,11 +261,26 @@ def test_killed_cli_run_resumes(
     shutil.copytree(base, idx)
     args = ["index", folder, "--index", idx, "--model", "xr-tiny", "--pretrained", "none"]
     args += ["--device", "cpu", "--batch-size", "2", "--commit-every", "3", "--max-rows", "4"]
-    os.environ["XRETRIEVE_KILL_AT"] = "before-manifest:2"
-    try:
-        r = cli(*args, "--json")
-    finally:
-        del os.environ["XRETRIEVE_KILL_AT"]
+    r = subprocess.run(
+        list(
+            map(
+                str,
+                [
+                    sys.executable,
+                    "-c",
+                    CLI_KILLED,
+                    FAULTS_DIR,
+                    "before-manifest:2",
+                    *args,
+                    "--json",
+                ],
+            )
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"},
+    )
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert store.read_manifest(idx).generation == store.read_manifest(base).generation + 1
     r = cli(*args, "--json")

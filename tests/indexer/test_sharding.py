@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import faults
 import pytest
 
 from xretrieve import store
@@ -198,14 +199,12 @@ def test_reader_opened_during_a_write_sees_one_generation(
     for src in sorted((world_dir / "test").glob("*.png"))[:5]:
         shutil.copy(src, tree / "new" / src.name)  # new items: several commits in the run
     readers: list[store.Reader] = []
-    real = store.manifest.kill_point
 
     def open_reader(point: str) -> None:
         if point == "after-manifest" and not readers:
             readers.append(store.Reader(idx))  # between two commits of the run
-        real(point)
 
-    monkeypatch.setattr(store.manifest, "kill_point", open_reader)
+    faults.install(open_reader, patch=monkeypatch.setattr)
     run = index_folder(tree, idx, encoder=tiny_encoder, options=_opts(commit_every=2))
     assert run.commits >= 3 and run.indexed == 5
     (reader,) = readers

@@ -13,6 +13,8 @@ from faiss.contrib.datasets import SyntheticDataset
 
 from xretrieve.errors import IndexCorruptError, IndexNotFoundError, InputError
 from xretrieve.store import ann
+from xretrieve.store.ann import gpu as ann_gpu
+from xretrieve.store.ann import tuning
 
 D = 64
 K = 10
@@ -146,11 +148,13 @@ def test_tune_picks_the_smallest_nprobe(data: Any) -> None:
     tuned = ann.tune(built, xb, target_recall=0.9, k=K)
     below = ann.tune(built, xb, target_recall=tuned.recall + 1e-9, k=K)
     assert below.nprobe >= tuned.nprobe
-    q, rows = ann._tune_queries(xb, 200, 0.0, 0)  # what tune() uses for IVF
-    truth = ann._drop_self(faiss.knn(q, xb, K + 1, metric=faiss.METRIC_INNER_PRODUCT)[1], rows, K)
+    q, rows = tuning._tune_queries(xb, 200, 0.0, 0)  # what tune() uses for IVF
+    truth = tuning._drop_self(
+        faiss.knn(q, xb, K + 1, metric=faiss.METRIC_INNER_PRODUCT)[1], rows, K
+    )
     smaller = ann.TunedParams(nprobe=tuned.nprobe - 1)
-    found = ann._drop_self(ann.search(built, q, K + 1, params=smaller)[1], rows, K)
-    assert ann._recall(found, truth) < 0.9
+    found = tuning._drop_self(ann.search(built, q, K + 1, params=smaller)[1], rows, K)
+    assert tuning._recall(found, truth) < 0.9
 
 
 def test_tune_reports_an_unreachable_target(small: np.ndarray) -> None:
@@ -402,7 +406,7 @@ def fake_gpus(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
         calls.append(("to_cpu", None))
         return index
 
-    monkeypatch.setattr(ann, "faiss_gpu_count", lambda: 2)
+    monkeypatch.setattr(ann_gpu, "faiss_gpu_count", lambda: 2)
     monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", to_all)
     monkeypatch.setattr(faiss, "index_gpu_to_cpu", to_cpu, raising=False)
     monkeypatch.setattr(faiss, "GpuMultipleClonerOptions", _FakeClonerOptions, raising=False)
@@ -444,7 +448,7 @@ def test_cpu_only_never_touches_gpu_functions(monkeypatch: pytest.MonkeyPatch, s
     def boom(*a: Any, **kw: Any) -> Any:
         raise AssertionError("GPU function called on a CPU-only machine")
 
-    monkeypatch.setattr(ann, "faiss_gpu_count", lambda: 0)
+    monkeypatch.setattr(ann_gpu, "faiss_gpu_count", lambda: 0)
     monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", boom)
     monkeypatch.setattr(faiss, "index_gpu_to_cpu", boom, raising=False)
     assert not ann.use_gpu_now("auto")

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from xretrieve import store
@@ -16,7 +15,7 @@ from xretrieve.errors import (
     IndexNotFoundError,
     IndexStoreError,
 )
-from xretrieve.store import ann, manifest
+from xretrieve.store import ann, writer
 
 
 def _payload(n: int, dim: int = 8, modality: str = "image", seed: int = 0) -> store.ShardPayload:
@@ -24,21 +23,12 @@ def _payload(n: int, dim: int = 8, modality: str = "image", seed: int = 0) -> st
     v = rng.normal(size=(n, dim)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     rows = [
-        {"path": f"{i}.png", "modality": modality, "bytes": i, "mtime": 0, "content_hash": f"h{i}"}
+        store.metadata_row(
+            path=f"{i}.png", modality=modality, bytes=i, mtime_us=0, content_hash=f"h{i}"
+        )
         for i in range(n)
     ]
-    cols = {f.name: [r.get(f.name) for r in rows] for f in store.METADATA_SCHEMA}
-    cols["shard"] = [""] * n
-    cols["row"] = [0] * n
-    arrays = [
-        pa.array(cols[f.name], pa.int64()).cast(f.type)
-        if f.name == "mtime"
-        else pa.array(cols[f.name], f.type)
-        for f in store.METADATA_SCHEMA
-    ]
-    return store.ShardPayload(
-        modality, v, pa.Table.from_arrays(arrays, schema=store.METADATA_SCHEMA)
-    )  # type: ignore[arg-type]
+    return store.ShardPayload(modality, v, store.metadata_table(rows))  # type: ignore[arg-type]
 
 
 def _write(d: Path, *payloads: store.ShardPayload, **kw: object) -> store.Manifest:
@@ -89,7 +79,7 @@ def test_failed_write_keeps_previous_generation(
     def boom(*a: object, **k: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(manifest.pq, "write_table", boom)
+    monkeypatch.setattr(writer.pq, "write_table", boom)
     with pytest.raises(OSError, match="disk full"):
         _write(tmp_path, _payload(50, seed=1))
     monkeypatch.undo()

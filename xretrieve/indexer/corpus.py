@@ -20,7 +20,6 @@ whole add with `MediaError` / `InputError` naming the file and line: nothing is 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -39,7 +38,8 @@ import pyarrow.parquet as pq
 from xretrieve import store
 from xretrieve._types import Vectors
 from xretrieve.encoders import Encoder, load_encoder
-from xretrieve.errors import InputError, MediaError, ModelMismatchError
+from xretrieve.errors import InputError, MediaError
+from xretrieve.media.image import content_hash
 
 __all__ = ["CorpusReport", "add_captions", "read_corpus"]
 
@@ -116,7 +116,7 @@ def _read_lines(path: Path, kind: str, column: str) -> Iterator[tuple[int, str |
                 keys = ", ".join(obj) if isinstance(obj, dict) else type(obj).__name__
                 raise InputError(
                     f"{path}: line {i + 1} has no {column!r} field (it has: {keys}); "
-                    "pick the field with --column"
+                    "name the field that holds the captions"
                 )
             value = obj[column]
             if value is not None and not isinstance(value, str):
@@ -133,7 +133,7 @@ def _read_parquet(path: Path, column: str, batch: int) -> Iterator[tuple[int, st
     if column not in names:
         raise InputError(
             f"{path} has no column {column!r}; its columns are {', '.join(names)} "
-            "(pick one with --column)"
+            "(name the one that holds the captions)"
         )
     kind = pf.schema_arrow.field(column).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
@@ -194,26 +194,19 @@ def _metadata(
     """The text-shard metadata of the captions, column by column (no per-row dicts)."""
     caption = pa.concat_arrays(caps)
     n = len(caption)
-    cols = {
-        "path": pa.repeat(pa.scalar(corpus, pa.string()), n),
-        "modality": pa.repeat(pa.scalar("text", pa.string()), n),
-        "caption": caption,
-        "image_path": pa.nulls(n, pa.string()),
-        "line": pa.concat_arrays(lines),
-        "width": pa.nulls(n, pa.int32()),
-        "height": pa.nulls(n, pa.int32()),
-        "bytes": pc.binary_length(caption).cast(pa.int64()),
-        "mtime": pa.repeat(pa.scalar(mtime, pa.timestamp("us", tz="UTC")), n),
-        "content_hash": pa.concat_arrays(hashes),
-        "shard": pa.repeat(pa.scalar("", pa.string()), n),
-        "row": pa.repeat(pa.scalar(0, pa.int64()), n),
-    }
-    if "year" in store.METADATA_SCHEMA.names:
-        cols["year"] = pa.repeat(pa.scalar(mtime.year, pa.int32()), n)
-    # Columns this module does not know (added to the schema later) stay null.
-    return pa.Table.from_arrays(
-        [cols.get(f.name, pa.nulls(n, f.type)) for f in store.METADATA_SCHEMA],
-        schema=store.METADATA_SCHEMA,
+    return store.metadata_columns(
+        {
+            "path": pa.repeat(pa.scalar(corpus, pa.string()), n),
+            "modality": pa.repeat(pa.scalar("text", pa.string()), n),
+            "caption": caption,
+            "line": pa.concat_arrays(lines),
+            "bytes": pc.binary_length(caption),
+            "mtime": pa.repeat(pa.scalar(mtime, pa.timestamp("us", tz="UTC")), n),
+            "content_hash": pa.concat_arrays(hashes),
+            # `folder` stays null: a corpus file lies outside the indexed folder.
+            "year": pa.repeat(pa.scalar(mtime.year, pa.int32()), n),
+        },
+        n,
     )
 
 
@@ -223,14 +216,11 @@ def _only_from(index_dir: Path, info: store.ShardInfo, corpus: str) -> bool:
     return bool(paths.null_count == 0 and pc.all(pc.equal(paths, corpus)).as_py())
 
 
-def _encoder_for(manifest: store.Manifest, encoder: Encoder | None) -> Encoder:
+def _encoder_for(index_dir: Path, manifest: store.Manifest, encoder: Encoder | None) -> Encoder:
     model = manifest.model
     enc = encoder or load_encoder(model["name"], pretrained=model.get("pretrained"))
-    if enc.spec.fingerprint != model.get("fingerprint"):
-        raise ModelMismatchError(
-            f"the index was built with {model.get('name')} (fingerprint {model.get('fingerprint')}), "
-            f"not {enc.spec.name} ({enc.spec.fingerprint}): captions must be encoded by the same model"
-        )
+    # Captions are text: the audio tower, if any, does not matter.
+    store.check_model(manifest, enc.spec.to_dict(), where=index_dir, audio=False)
     return enc
 
 
@@ -257,7 +247,7 @@ def add_captions(
     report = CorpusReport(corpus=str(src), index=str(out))
     started = time.perf_counter()
     manifest = store.read_manifest(out)
-    enc = _encoder_for(manifest, encoder)
+    enc = _encoder_for(out, manifest, encoder)
     with store.lock_index(out):
         manifest = store.read_manifest(out)  # the generation current under the lock
         capacity = _upper_bound(src) if src.is_file() else 0
@@ -283,16 +273,14 @@ def add_captions(
                 report.encode_seconds += time.perf_counter() - t0
                 lines.append(pa.array(batch_lines, pa.int32()))
                 caps.append(pa.array(batch_caps, pa.string()))
-                hashes.append(
-                    pa.array([hashlib.sha256(c.encode()).hexdigest() for c in batch_caps])
-                )
+                hashes.append(pa.array([content_hash(c.encode()) for c in batch_caps]))
                 n += len(batch_caps)
                 if progress is not None:
                     progress(len(batch_caps))
             if n == 0:
                 raise InputError(
                     f"{src} holds no captions ({report.skipped_blank} blank lines); "
-                    "give a file with one caption a line, or JSONL / Parquet with --column"
+                    "give a file with one caption a line, or JSONL / Parquet with a caption column"
                 )
             report.captions = n
             mtime = datetime.fromtimestamp(src.stat().st_mtime, tz=UTC)

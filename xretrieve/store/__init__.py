@@ -1,8 +1,13 @@
 """Store: an index on disk -- a manifest, shards of vectors (FAISS, `ann`) and Parquet metadata.
 
-The store depends on the helpers only: it knows nothing of models, media or queries.
+`manifest` says what the files hold (and whose model made the vectors), `writer` lands
+generations (shard files first, the manifest last, atomically), `reader` reads one generation
+and pins it while it is read. The store depends on the helpers only: it knows nothing of
+models, media or queries.
 """
 
+from xretrieve._fs import atomic_write
+from xretrieve.errors import ShardMissingError
 from xretrieve.store.manifest import (
     FACT_COLUMNS,
     FORMAT_VERSION,
@@ -12,28 +17,30 @@ from xretrieve.store.manifest import (
     PARTITION_KEYS,
     READERS_DIR,
     SHARDS_DIR,
-    LoadedShard,
+    STATS_COLUMNS,
     Manifest,
-    Reader,
     ShardFile,
     ShardInfo,
-    ShardMissingError,
-    ShardPayload,
-    Writer,
-    atomic_write,
-    kill_point,
-    load_shard,
-    lock_index,
+    check_model,
+    describe_file,
+    metadata_columns,
+    metadata_row,
+    metadata_table,
     partition_stats,
-    pinned_files,
-    read_deleted,
     read_manifest,
-    read_metadata,
     shard_number,
     top_folder,
     upgrade_metadata,
-    write_generation,
 )
+from xretrieve.store.reader import (
+    LoadedShard,
+    Reader,
+    load_shard,
+    pinned_files,
+    read_deleted,
+    read_metadata,
+)
+from xretrieve.store.writer import ShardPayload, Writer, lock_index, write_generation
 
 __all__ = [
     "FACT_COLUMNS",
@@ -44,6 +51,7 @@ __all__ = [
     "PARTITION_KEYS",
     "READERS_DIR",
     "SHARDS_DIR",
+    "STATS_COLUMNS",
     "LoadedShard",
     "Manifest",
     "Reader",
@@ -53,9 +61,13 @@ __all__ = [
     "ShardPayload",
     "Writer",
     "atomic_write",
-    "kill_point",
+    "check_model",
+    "describe_file",
     "load_shard",
     "lock_index",
+    "metadata_columns",
+    "metadata_row",
+    "metadata_table",
     "partition_stats",
     "pinned_files",
     "read_deleted",

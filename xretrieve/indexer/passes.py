@@ -1,0 +1,331 @@
+"""The two passes of a run over the folder: captions first, then images and sounds.
+
+Each pass plans from `stat` alone: a file whose path, size and mtime match a stored row (and,
+for an image, whose sidecar caption is the stored one) is unchanged, and its row stays
+where it is. The rest goes through a bounded pipeline (`bounded_map`: reading and decoding in
+worker threads feed encoder batches, in order). A file whose bytes hash to a known vector
+(renamed, copied, touched) is not decoded nor encoded again; a file that cannot be read or
+decoded becomes a `Problem` of the report and never stops the run. Rows go to the run's
+pending generation (`commit`), which is committed whenever a batch is due.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from xretrieve import store
+from xretrieve._fs import display_path, path_bytes
+from xretrieve._threads import bounded_map, default_workers
+from xretrieve._types import Modality, Vectors
+from xretrieve.encoders import Encoder
+from xretrieve.errors import MediaError
+from xretrieve.indexer import commit
+from xretrieve.indexer.commit import Item
+from xretrieve.indexer.known import Stored
+from xretrieve.media.image import content_hash, decode_image
+from xretrieve.media.scan import MediaFile, Problem, Scan, read_captions
+
+if TYPE_CHECKING:
+    from xretrieve.indexer.folder import Run
+
+__all__ = ["Kind", "audio_kind", "caption_pass", "image_kind", "media_pass"]
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _row(f: MediaFile, **columns: Any) -> dict[str, Any]:
+    """The metadata row of a file of the folder (`columns` as `store.metadata_row` takes)."""
+    return store.metadata_row(
+        path=display_path(f.rel),
+        path_bytes=path_bytes(f.rel),
+        modality=f.modality,
+        mtime_us=f.mtime_ns // 1000,
+        **{"bytes": f.size, **columns},
+    )
+
+
+def _newest(s: Stored) -> int:
+    return s.number
+
+
+# ---------------------------------------------------------------------------------------------
+# Captions
+
+
+def caption_pass(run: Run) -> None:
+    """Index the caption sidecars; record each sidecar's first caption by its stem."""
+    scan, known, opts, report = run.scan, run.known, run.options, run.report
+    first = run.first_caption
+    todo: list[MediaFile] = []
+    by_stem = {os.path.splitext(m.rel)[0]: m for m in scan.images}
+    for cap in scan.captions:
+        stem = os.path.splitext(cap.rel)[0]
+        image = by_stem.get(stem)
+        pair = display_path(image.rel) if image else None
+        stored = known.texts_by_path.get(cap.rel, []) if not opts.full else []
+        same = [
+            (line, s)
+            for line, s in stored
+            if s.mtime_us == cap.mtime_ns // 1000 and s.image_path == pair
+        ]
+        if same:
+            # One row per line, from the newest shard holding that line: a killed run can
+            # leave an older copy behind, and one commit may split a file's lines across
+            # two shards, so "the newest shard" alone would drop lines.
+            by_line: dict[int, Stored] = {}
+            for line, s in same:
+                if line not in by_line or s.number > by_line[line].number:
+                    by_line[line] = s
+            rows = sorted(by_line.items(), key=lambda x: x[0])
+            for line, s in rows:
+                run.keep.add((s.ref[0].name, s.ref[1]))
+                run.new_keys.add(("text", cap.rel, str(line)))
+            first[stem] = rows[0][1].caption if rows and rows[0][0] == 0 else None
+            report.unchanged += len(rows)
+            report.texts += len(rows)
+            run.progress.update()
+        else:
+            todo.append(cap)
+
+    def read(cap: MediaFile) -> tuple[MediaFile, list[str] | None, str | None]:
+        try:
+            return cap, read_captions(_read(cap.fspath), path=cap.rel), None
+        except MediaError as e:
+            return cap, None, e.reason
+        except OSError as e:
+            return cap, None, f"cannot read: {e.strerror}"
+
+    batch: list[Item] = []
+    waiting = run.pending.waiting
+
+    def encode() -> None:
+        if batch:
+            vecs = run.encoder.encode_texts([it.row["caption"] for it in batch])
+            for it, v in zip(batch, vecs, strict=True):
+                it.vector = v
+            report.encoded += len(batch)
+            batch.clear()
+
+    workers = opts.workers or default_workers()
+    for cap, lines, error in bounded_map(read, todo, workers=workers, window=4 * workers):
+        run.progress.update()
+        stem = os.path.splitext(cap.rel)[0]
+        if lines is None:
+            report.failed += 1
+            report.problems.append(Problem(display_path(cap.fspath), error or "cannot read"))
+            first[stem] = None
+            continue
+        first[stem] = lines[0] if lines else None
+        image = by_stem.get(stem)
+        for i, text in enumerate(lines):
+            sha = content_hash(text.encode())
+            key = ("text", cap.rel, str(i))
+            old = known.rows.get(key)
+            row = _row(
+                cap,
+                caption=text,
+                image_path=display_path(image.rel) if image else None,
+                line=i,
+                bytes=len(text.encode()),
+                content_hash=sha,
+            )
+            item = Item(row)
+            hit = None if opts.full else known.vectors.get(sha)
+            if hit is not None:
+                item.ref = hit[0]
+                report.reused += 1
+            elif sha in waiting:
+                item.same_as = waiting[sha]
+                report.reused += 1
+            else:
+                waiting[sha] = item
+                batch.append(item)
+            if old is None:
+                report.indexed += 1
+            elif any(s.sha == sha for s in old):
+                report.unchanged += 1
+            else:
+                report.updated += 1
+            run.new_keys.add(key)
+            report.texts += 1
+            run.pending.items.append(item)
+            if len(batch) >= max(256, opts.batch_size):
+                encode()
+        if commit.due(run):
+            encode()
+            commit.commit(run)
+    encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Images and sounds: files that are decoded in worker threads, then encoded in batches
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How one file modality is decoded (in a worker thread) and encoded (in batches)."""
+
+    modality: Modality
+    files: Callable[[Scan], list[MediaFile]]
+    # bytes -> (facts for the metadata row, what `encode` takes); raises MediaError
+    decode: Callable[[bytes, str], tuple[dict[str, Any], Any]]
+    encode: Callable[[list[Any]], Vectors]
+
+
+def image_kind(encoder: Encoder) -> Kind:
+    """Images: decoded (drafted to the model's size) and preprocessed in the worker threads."""
+    target = encoder.spec.image_size
+
+    def decode(data: bytes, rel: str) -> tuple[dict[str, Any], Any]:
+        dec = decode_image(data, path=rel, target_size=target)
+        return {"width": dec.width, "height": dec.height}, encoder.preprocess(dec.image)
+
+    return Kind(
+        "image",
+        lambda scan: scan.images,
+        decode,
+        lambda pixels: encoder.encode_pixels(torch.stack(pixels)),
+    )
+
+
+def audio_kind(encoder: Encoder) -> Kind:
+    """Sounds: decoded, resampled and turned into the audio tower's inputs in the workers."""
+    from xretrieve.media.audio import decode_audio
+
+    rate = encoder.audio_sample_rate
+
+    def decode(data: bytes, rel: str) -> tuple[dict[str, Any], Any]:
+        dec = decode_audio(data, sample_rate=rate)
+        facts = dec.facts()
+        # The tower's per-clip inputs (log-mel) are made here, in the decode thread.
+        prepared = encoder.prepare_audio(dec.waveform)
+        return {c: facts[c] for c in ("duration", "sample_rate", "channels")}, prepared
+
+    return Kind("audio", lambda scan: scan.audio, decode, encoder.encode_prepared_audio)
+
+
+@dataclass
+class _Decoded:
+    file: MediaFile
+    sha: str = ""
+    facts: dict[str, Any] = field(default_factory=dict)
+    payload: Any = None
+    error: str | None = None
+
+
+def _encode_batch(kind: Kind, payloads: list[Any]) -> Vectors:
+    """One encoder batch of decoded files."""
+    return kind.encode(payloads)
+
+
+def media_pass(run: Run, kind: Kind) -> None:
+    """Index the files of one modality (images or sounds)."""
+    scan, known, opts, report = run.scan, run.known, run.options, run.report
+    modality = kind.modality
+    todo: list[tuple[MediaFile, Stored | None]] = []
+    for f in kind.files(scan):
+        key = (modality, f.rel)
+        caption = run.first_caption.get(os.path.splitext(f.rel)[0])
+        stored = [] if opts.full else known.rows.get(key, [])
+        same = [s for s in stored if s.size == f.size and s.mtime_us == f.mtime_ns // 1000]
+        if same:
+            best = max(same, key=_newest)  # a killed run may have left a newer copy
+            run.progress.update()
+            _count(run, modality)
+            run.new_keys.add(key)
+            if best.caption == caption:
+                run.keep.add((best.ref[0].name, best.ref[1]))
+                report.unchanged += 1
+                continue
+            # Same bytes, new sidecar caption: a new row, the stored vector.
+            row = _row(f, caption=caption, content_hash=best.sha, **best.facts)
+            run.pending.items.append(Item(row, ref=best.ref))
+            report.updated += 1
+            report.reused += 1
+            continue
+        todo.append((f, stored[0] if stored else None))
+
+    def work(job: tuple[MediaFile, Stored | None]) -> _Decoded:
+        f = job[0]
+        try:
+            data = _read(f.fspath)
+        except OSError as e:
+            return _Decoded(f, error=f"cannot read: {e.strerror}")
+        sha = content_hash(data)
+        if not opts.full and sha in known.vectors:
+            return _Decoded(f, sha)  # known content: no decoding needed
+        try:
+            facts, payload = kind.decode(data, f.rel)
+        except MediaError as e:
+            return _Decoded(f, error=e.reason)
+        except (OSError, ValueError, RuntimeError, MemoryError) as e:
+            return _Decoded(f, error=f"cannot preprocess: {type(e).__name__}: {e}")
+        return _Decoded(f, sha, facts, payload)
+
+    batch: list[tuple[Item, Any]] = []
+    waiting = run.pending.waiting
+
+    def encode() -> None:
+        if batch:
+            out = _encode_batch(kind, [p for _, p in batch])
+            for (it, _), v in zip(batch, out, strict=True):
+                it.vector = v
+            report.encoded += len(batch)
+            batch.clear()
+
+    workers = opts.workers or default_workers()
+    window = max(2 * opts.batch_size, 4 * workers)
+    for (_, old), d in zip(
+        todo, bounded_map(work, todo, workers=workers, window=window), strict=True
+    ):
+        run.progress.update()
+        f = d.file
+        if d.error is not None:
+            report.failed += 1
+            report.problems.append(Problem(display_path(f.fspath), d.error))
+            continue
+        caption = run.first_caption.get(os.path.splitext(f.rel)[0])
+        hit = None if opts.full else known.vectors.get(d.sha)
+        if d.payload is None and hit is None:  # pragma: no cover - decided in the worker
+            raise RuntimeError(f"{f.rel}: nothing to encode and no stored vector")
+        item = Item(_row(f, caption=caption, content_hash=d.sha))
+        if hit is not None:
+            item.ref, facts = hit
+            item.row.update(facts)
+            report.reused += 1
+        elif d.sha in waiting:
+            item.same_as = waiting[d.sha]
+            item.row.update(d.facts)
+            report.reused += 1
+        else:
+            item.row.update(d.facts)
+            waiting[d.sha] = item
+            batch.append((item, d.payload))
+            if len(batch) >= opts.batch_size:
+                encode()
+        run.pending.items.append(item)
+        run.new_keys.add((modality, f.rel))
+        _count(run, modality)
+        if old is None:
+            report.indexed += 1
+        else:
+            report.updated += 1
+        if commit.due(run):
+            encode()
+            commit.commit(run)
+    encode()
+
+
+def _count(run: Run, modality: Modality) -> None:
+    if modality == "image":
+        run.report.images += 1
+    else:
+        run.report.audio += 1

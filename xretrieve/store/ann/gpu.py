@@ -1,0 +1,78 @@
+"""THE GPU switch: whether FAISS builds and searches on GPUs, and moving indexes there and back.
+
+"auto" means whenever FAISS reports a GPU (never with faiss-cpu); an index type without a GPU
+version stays on the CPU with a warning. Files are always written from a CPU copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Literal
+
+import faiss
+
+from xretrieve.errors import InputError
+
+if TYPE_CHECKING:
+    from xretrieve.store.ann.build import BuiltIndex
+
+__all__ = ["UseGpu", "faiss_gpu_count", "on_device", "to_cpu", "to_device", "use_gpu_now"]
+
+log = logging.getLogger(__name__)
+
+UseGpu = bool | Literal["auto"]
+
+
+def faiss_gpu_count() -> int:
+    """GPUs FAISS can use: 0 with the CPU build (faiss-cpu) or without a device."""
+    get = getattr(faiss, "get_num_gpus", None)
+    try:
+        return int(get()) if get is not None else 0
+    except RuntimeError:
+        return 0
+
+
+def use_gpu_now(use_gpu: UseGpu = "auto") -> bool:
+    """THE switch: whether to build and search on GPUs ("auto" = whenever FAISS reports one)."""
+    if use_gpu == "auto":
+        return faiss_gpu_count() > 0
+    if use_gpu is True and faiss_gpu_count() == 0:
+        raise InputError(
+            "use_gpu=True but FAISS reports no GPU; install the `gpu` extra (faiss-gpu-cu12) "
+            "on a machine with CUDA, or use use_gpu='auto'"
+        )
+    return bool(use_gpu)
+
+
+def _cloner_options(*, shard: bool) -> Any:
+    co = faiss.GpuMultipleClonerOptions()
+    co.shard = shard  # split the vectors over the GPUs instead of replicating them
+    co.useFloat16 = False
+    return co
+
+
+def to_device(index: Any, *, use_gpu: UseGpu = "auto") -> tuple[Any, bool]:
+    """Clone `index` to all GPUs (sharded) when the switch says so; returns (index, on_gpu)."""
+    if not use_gpu_now(use_gpu):
+        return index, False
+    try:
+        return faiss.index_cpu_to_all_gpus(index, co=_cloner_options(shard=True)), True
+    except RuntimeError as e:
+        # Some index types (HNSW, fast-scan PQ) have no GPU version: stay on the CPU.
+        log.warning("FAISS cannot move %s to the GPU (%s); using the CPU", type(index).__name__, e)
+        return index, False
+
+
+def to_cpu(index: Any) -> Any:
+    """A CPU copy of a GPU index (the same object with the CPU-only build)."""
+    back = getattr(faiss, "index_gpu_to_cpu", None)
+    return back(index) if back is not None else index
+
+
+def on_device(built: BuiltIndex, *, use_gpu: UseGpu = "auto") -> BuiltIndex:
+    """`built` moved to the GPUs when the switch says so (e.g. after `read_index`)."""
+    if built.on_gpu:
+        return built
+    index, on_gpu = to_device(built.index, use_gpu=use_gpu)
+    return replace(built, index=index, on_gpu=on_gpu)
