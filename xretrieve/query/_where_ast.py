@@ -19,6 +19,7 @@ Rules this module keeps (`filters` uses it; nothing else should):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -128,7 +129,10 @@ def connect(limits: WhereLimits = DEFAULT_LIMITS, *, depth: int = 1000) -> Any:
             "max_expression_depth": depth,
         }
     )
-    con.execute("SET enable_progress_bar = false")  # it would draw on the terminal
+    # The progress bar would draw on the terminal; under Jupyter DuckDB refuses to change the
+    # setting without ipywidgets (and draws nothing there), so a refusal is harmless.
+    with contextlib.suppress(duckdb.Error):
+        con.execute("SET enable_progress_bar = false")
     con.execute("SET lock_configuration = true")
     return con
 
