@@ -7,6 +7,16 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 VENV=${XRETRIEVE_VENV:-.venv}
 stamp="$VENV/.xretrieve-stamp"
+# The page tests drive Debian's chromium through chromium-driver (never a downloaded browser).
+if [ -z "${XRETRIEVE_NO_BROWSER:-}" ] && ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[bootstrap] installing Debian's chromium + chromium-driver (for the page tests)" >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "[bootstrap] chromium/chromium-driver missing (apt-get as root installs them); page tests will skip" >&2
+  fi
+fi
 want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
