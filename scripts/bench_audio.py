@@ -30,9 +30,10 @@ import soundfile as sf
 import torch
 
 from xretrieve.encoders import Encoder, load_encoder
-from xretrieve.encoders.audio_tower import AudioTower, AudioTrainConfig
+from xretrieve.encoders.audio_tower import AudioTower
 from xretrieve.encoders.features import windows
 from xretrieve.media.audio import decode_audio
+from xretrieve.train.audio import AudioTrainConfig
 from xretrieve.train.world import COLOURS, POSITIONS, SHAPES, SIZES, SceneObject
 from xretrieve.train.world_audio import synthesize_scene
 

@@ -14,7 +14,7 @@ from xretrieve.train.clip import TrainConfig, fit
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("world", help="a world folder made by xretrieve.world.make_world")
+    ap.add_argument("world", help="a world folder made by xretrieve.train.world.make_world")
     ap.add_argument("--models", nargs="+", default=["xr-small"])
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=20)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from xretrieve.encoders import Encoder, load_encoder
-from xretrieve.encoders.audio_tower import AudioTrainConfig, train_audio
 from xretrieve.indexer import IndexOptions, index_folder
+from xretrieve.train.audio import AudioTrainConfig, train_audio
 from xretrieve.train.clip import TrainConfig, train
 from xretrieve.train.world import make_world
 from xretrieve.train.world_audio import add_audio_to_world

@@ -20,10 +20,10 @@ from xretrieve.train.clip import (
     encode_text_trimmed,
     find_captioned_images,
     fit,
-    lr_at,
     save_model,
     train,
 )
+from xretrieve.train.schedule import lr_at
 from xretrieve.train.world import make_world
 
 TINY = TrainConfig(model="xr-tiny", max_seconds=None, max_steps=3, batch_size=8, threads=1)

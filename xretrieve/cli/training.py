@@ -1,4 +1,4 @@
-"""CLI: the world, training, evaluation and the model list."""
+"""CLI: the world, training (CLIP, audio tower, CLAP adapter), evaluation and the model list."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from xretrieve.cli._app import (
     register,
     training_config,
 )
-from xretrieve.errors import XRetrieveError
+from xretrieve.errors import InputError, XRetrieveError
 
 
 @app.command("make-world")
@@ -158,3 +158,115 @@ def models_cmd(model_config: ModelConfigOpt = None) -> None:
         fail(e)
     for name in list_models():
         sys.stdout.write(name + "\n")
+
+
+@app.command("train-audio")
+def train_audio_cmd(
+    model_dir: Annotated[
+        Path,
+        typer.Argument(help="Model folder (from `xretrieve train`); the tower is added to it."),
+    ],
+    data_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="World folder (uses train/) or a folder of sounds with captions and/or images "
+            "of the same stem (clip.wav + clip.txt / clip.png)."
+        ),
+    ],
+    max_seconds: MaxSecondsOpt = None,
+    max_steps: MaxStepsOpt = None,
+    batch_size: Annotated[int | None, typer.Option(help="Sounds per step.")] = None,
+    lr: LrOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """Train an audio tower into MODEL_DIR against its frozen image and text towers."""
+    from xretrieve.train.audio import AudioTrainConfig, train_audio
+
+    try:
+        cfg = training_config(
+            AudioTrainConfig(),
+            max_seconds=max_seconds,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+        )
+        report = train_audio(model_dir, data_dir, config=cfg, device=device)
+    except XRetrieveError as e:
+        fail(e)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    out.print(
+        f"trained an audio tower on {report.n_sounds} sounds ({report.n_captions} captions, "
+        f"{report.n_images} images): {report.steps} steps ({report.epochs:.1f} epochs) in "
+        f"{report.seconds:.0f}s, final loss {report.final_loss:.3f} -> {model_dir}",
+        highlight=False,
+    )
+
+
+@app.command("add-clap")
+def add_clap_cmd(
+    model_dir: Annotated[
+        Path,
+        typer.Argument(help="Model folder (from `xretrieve train`); the adapter is added to it."),
+    ],
+    clap_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="Local Hugging Face CLAP folder (config.json, weights, tokenizer and "
+            "preprocessor_config.json), e.g. a saved laion/clap-htsat-unfused."
+        ),
+    ],
+    texts: Annotated[
+        Path | None,
+        typer.Option("--texts", help="Sentences to fit the map on, one per line."),
+    ] = None,
+    world: Annotated[
+        Path | None,
+        typer.Option(
+            "--world",
+            help="Also fit on the caption sidecars of this folder (a world folder: its train/).",
+        ),
+    ] = None,
+    ridge: Annotated[
+        float | None,
+        typer.Option(
+            help="Ridge strength, relative to the mean eigenvalue of the centred CLAP text "
+            "vectors (default: the value of 1e-4..10 with the least leave-one-out error)."
+        ),
+    ] = None,
+    device: DeviceOpt = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a pretrained CLAP audio tower to MODEL_DIR, mapped linearly via shared sentences."""
+    from xretrieve.train.clap_fit import add_clap
+
+    try:
+        if texts is None and world is None:
+            raise InputError(
+                "give the sentences to fit the map on: --texts FILE and/or --world DIR"
+            )
+        report = add_clap(
+            model_dir,
+            clap_dir,
+            texts=texts,
+            world=world,
+            ridge=ridge,
+            device=device,
+        )
+    except XRetrieveError as e:
+        fail(e)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    fit = report.fit
+    out.print(
+        f"mapped CLAP ({report.clap_dim}-d) into {model_dir} ({report.dim}-d) on "
+        f"{fit.n_fit} sentences (ridge {fit.ridge:g}): held-out ({fit.n_heldout}) R² {fit.r2_heldout:.3f}, cosine "
+        f"{fit.cosine_heldout:.3f} (mean vector alone {fit.cosine_baseline:.3f}), R@1 "
+        f"{fit.recall_at_1:.2f} in {report.seconds:.0f}s",
+        highlight=False,
+    )

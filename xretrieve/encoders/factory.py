@@ -1,4 +1,4 @@
-"""Encoders: turn images and texts into one L2-normalised float32 space (OpenCLIP).
+"""Building encoders: model sources, the architecture registry and the device switch.
 
 `load_encoder` is the one factory. It accepts what open_clip accepts, and fails fast
 with one clear line when weights cannot be had:
@@ -10,40 +10,31 @@ with one clear line when weights cannot be had:
   and weights, which is what ``xretrieve train`` writes;
 - a name with ``pretrained=None``: random initialisation (engine tests only).
 
-A model folder may also carry an audio tower (``audio_config.json`` + weights, written by
-``xretrieve train-audio``, see `xretrieve.audio_model`, or a pretrained CLAP tower mapped into
-the space by ``xretrieve add-clap``, see `xretrieve.clap`); it is loaded beside open_clip's two
-towers, recorded in `ModelSpec.towers`, and used by `Encoder.encode_audio`.
+A model folder may also carry an audio tower (``audio_config.json`` + weights, trained by
+`xretrieve.train.audio`, or a pretrained CLAP tower mapped into the space by
+`xretrieve.train.clap_fit`); it is loaded beside open_clip's two towers
+(`xretrieve.encoders.audio_tower`), recorded in `ModelSpec.towers`, and used by
+`Encoder.encode_audio`. Nothing here imports the training code.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import torch
-from PIL import Image
 
-from xretrieve._types import Vectors
+from xretrieve.encoders.encoder import Encoder, ModelSpec, weights_fingerprint
 from xretrieve.errors import InputError, ModelError, ModelUnavailableError
-
-if TYPE_CHECKING:
-    from xretrieve.encoders.audio_tower import AudioTowerLike
 
 __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_PRETRAINED",
-    "AudioItem",
-    "Encoder",
-    "ModelSpec",
     "list_models",
     "load_encoder",
     "register_model_config",
@@ -55,9 +46,6 @@ DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 _BUILTIN_CONFIGS = Path(__file__).parent.parent / "model_configs"
 _HUB_HOST = "huggingface.co"
 _registered = False
-#: What `Encoder.encode_audio` takes: a file path, the file's bytes, or (samples, sample_rate)
-#: with samples shaped (frames,) or (frames, channels).
-AudioItem = str | os.PathLike[str] | bytes | tuple[npt.ArrayLike, int]
 
 
 def _ensure_registered() -> None:
@@ -103,39 +91,9 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise InputError(f"unknown device {device!r}: use auto, cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(
-            f"device {device!r} asked for, but torch sees no CUDA GPU: use --device cpu"
+            f"device {device!r} asked for, but torch sees no CUDA GPU: use device 'cpu'"
         )
     return torch.device(device)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What identifies a model: how to load it again, and a fingerprint of its weights."""
-
-    name: str
-    pretrained: str | None
-    fingerprint: str
-    dim: int
-    image_size: int
-    context_length: int
-    #: The towers the model has; an audio tower comes from `xretrieve train-audio` or `add-clap`.
-    towers: tuple[str, ...] = ("image", "text")
-    #: Fingerprint of the audio tower's weights, kept apart from `fingerprint` (image + text) so
-    #: that adding or retraining an audio tower leaves image and text vectors valid.
-    audio_fingerprint: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["towers"] = list(self.towers)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
-        optional = {"towers", "audio_fingerprint"}
-        kw = {k: d[k] for k in cls.__dataclass_fields__ if k not in optional or k in d}
-        if "towers" in kw:
-            kw["towers"] = tuple(kw["towers"])
-        return cls(**kw)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -186,7 +144,7 @@ def _resolve_source(model: str, pretrained: str | None) -> tuple[str, str | None
         if not _hub_reachable():
             raise ModelUnavailableError(
                 f"cannot fetch {model}: no network. Pass a local model folder instead "
-                "(--model /path/to/dir holding open_clip_config.json and weights)."
+                "(a folder holding open_clip_config.json and weights)."
             )
         return model, None
     p = Path(model).expanduser()
@@ -203,7 +161,7 @@ def _resolve_source(model: str, pretrained: str | None) -> tuple[str, str | None
             raise ModelUnavailableError(f"model folder not found: {model}")
         raise InputError(
             f"unknown model {model!r}: pass a model folder, or an architecture from "
-            "`xretrieve models` (register your own with --model-config FILE)"
+            "list_models() (register your own config with register_model_config())"
         )
     if pretrained is None or pretrained.lower() == "none":
         return model, None
@@ -219,152 +177,10 @@ def _resolve_source(model: str, pretrained: str | None) -> tuple[str, str | None
     if not _cached_tag_checkpoint(model, pretrained) and not _hub_reachable():
         raise ModelUnavailableError(
             f"cannot fetch weights {model}/{pretrained}: no network. Pass a local checkpoint "
-            "(--pretrained /path/to/open_clip_pytorch_model.bin) or a model folder "
-            "(--model /path/to/dir, e.g. one made by `xretrieve train`)."
+            "file as the pretrained weights (an open_clip_pytorch_model.bin) or a model folder "
+            "as the model (e.g. one made by `xretrieve train`)."
         )
     return model, pretrained
-
-
-def _fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over parameter names, shapes and bytes: equal weights, equal fingerprint."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
-    return h.hexdigest()[:32]
-
-
-def _batches(n: int, size: int) -> Iterator[slice]:
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
-
-
-class Encoder:
-    """An OpenCLIP model with its preprocessing and tokenizer: images and texts -> unit vectors."""
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        preprocess: Callable[[Image.Image], torch.Tensor],
-        tokenizer: Callable[[list[str]], torch.Tensor],
-        spec: ModelSpec,
-        *,
-        device: torch.device,
-        batch_size: int = 32,
-        audio_tower: AudioTowerLike | None = None,
-    ) -> None:
-        self.model = model
-        self.preprocess = preprocess
-        self.tokenizer = tokenizer
-        self.spec = spec
-        self.device = device
-        self.batch_size = batch_size
-        self.audio_tower = audio_tower
-
-    @property
-    def dim(self) -> int:
-        return self.spec.dim
-
-    @property
-    def audio_sample_rate(self) -> int:
-        """The rate the audio tower reads; decode with ``decode_audio(p, sample_rate=this)``."""
-        return self._require_audio().sample_rate
-
-    def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Apply the model's own inference transform and stack into one batch tensor."""
-        return torch.stack([self.preprocess(im.convert("RGB")) for im in images])
-
-    def encode_pixels(self, pixels: torch.Tensor) -> Vectors:
-        """Embed an already preprocessed batch (n, 3, H, W)."""
-        out = np.empty((len(pixels), self.dim), dtype=np.float32)
-        with torch.inference_mode():
-            for sl in _batches(len(pixels), self.batch_size):
-                x = pixels[sl].to(self.device)
-                out[sl] = self.model.encode_image(x, normalize=True).float().cpu().numpy()  # type: ignore[operator]
-        return out
-
-    def encode_images(self, images: Sequence[Image.Image]) -> Vectors:
-        """Embed PIL images (any mode) into unit vectors, batch by batch."""
-        out = np.empty((len(images), self.dim), dtype=np.float32)
-        for sl in _batches(len(images), self.batch_size):
-            out[sl] = self.encode_pixels(self.preprocess_images(images[sl]))
-        return out
-
-    def encode_texts(self, texts: Sequence[str]) -> Vectors:
-        """Embed texts into unit vectors, batch by batch."""
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        with torch.inference_mode():
-            for sl in _batches(len(texts), max(self.batch_size, 256)):
-                tokens = self.tokenizer(list(texts[sl])).to(self.device)
-                out[sl] = self.model.encode_text(tokens, normalize=True).float().cpu().numpy()  # type: ignore[operator]
-        return out
-
-    def _require_audio(self) -> AudioTowerLike:
-        if self.audio_tower is None:
-            raise ModelError(
-                f"model {self.spec.name} has no audio tower: train one into its folder with "
-                "`xretrieve train-audio MODEL_DIR DATA_DIR` (or map a local pretrained CLAP into it "
-                "with `xretrieve add-clap MODEL_DIR CLAP_DIR`)"
-            )
-        return self.audio_tower
-
-    def encode_waveforms(self, waveforms: Sequence[npt.NDArray[np.float32]]) -> Vectors:
-        """Embed mono waveforms already at `audio_sample_rate`; long ones window by window.
-
-        A clip longer than the tower's window is cut into evenly spread windows that cover it;
-        its vector is the normalised mean of the windows' vectors.
-        """
-        return self.encode_prepared_audio([self.prepare_audio(w) for w in waveforms])
-
-    def prepare_audio(self, waveform: npt.NDArray[np.float32]) -> torch.Tensor:
-        """One clip's tower inputs, a row per window (thread-safe: decode threads call it)."""
-        return self._require_audio().prepare(waveform)
-
-    def encode_prepared_audio(self, prepared: Sequence[torch.Tensor]) -> Vectors:
-        """Unit vectors of clips made ready by `prepare_audio`: the mean over each clip's windows."""
-        tower = self._require_audio()
-        out = np.empty((len(prepared), self.dim), dtype=np.float32)
-        if not len(prepared):
-            return out
-        owner = np.repeat(np.arange(len(prepared)), [len(c) for c in prepared])
-        stacked = torch.cat(list(prepared))
-        emb = np.empty((len(stacked), self.dim), dtype=np.float32)
-        with torch.inference_mode():
-            for sl in _batches(len(stacked), self.batch_size):
-                emb[sl] = tower.embed(stacked[sl].to(self.device)).float().cpu().numpy()
-        sums = np.zeros_like(out)
-        np.add.at(sums, owner, emb)
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        out[:] = sums / np.maximum(norms, 1e-12)
-        return out
-
-    def encode_audio(self, items: Sequence[AudioItem]) -> Vectors:
-        """Embed sounds (paths, file bytes, or (samples, rate) pairs) into unit vectors.
-
-        Files that cannot be decoded, or are silent or too short, raise `MediaError`. Decoding
-        and the per-clip features run in threads, ahead of the tower by up to two batches.
-        """
-        from xretrieve._threads import bounded_map, default_workers
-        from xretrieve.media.audio import decode_audio, prepare_waveform
-
-        rate = self.audio_sample_rate
-
-        def load(item: AudioItem) -> torch.Tensor:
-            if isinstance(item, tuple):
-                samples, sr = item
-                return self.prepare_audio(prepare_waveform(samples, int(sr), sample_rate=rate))
-            return self.prepare_audio(decode_audio(item, sample_rate=rate).waveform)
-
-        out = np.empty((len(items), self.dim), dtype=np.float32)
-        waves = bounded_map(load, items, workers=default_workers(), window=2 * self.batch_size)
-        try:
-            for sl in _batches(len(items), self.batch_size):
-                batch = [next(waves) for _ in range(sl.stop - sl.start)]
-                out[sl] = self.encode_prepared_audio(batch)
-        finally:
-            waves.close()  # on an error: cancel the decoding not yet started
-        return out
 
 
 def load_encoder(
@@ -401,7 +217,7 @@ def load_encoder(
     spec = ModelSpec(
         name=name,
         pretrained=weights,
-        fingerprint=_fingerprint(net),
+        fingerprint=weights_fingerprint(net),
         dim=int(cfg["embed_dim"]),
         image_size=_as_int_size(cfg["vision_cfg"].get("image_size", 224)),
         context_length=int(cfg.get("text_cfg", {}).get("context_length", 77)),

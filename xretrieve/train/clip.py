@@ -1,9 +1,9 @@
 """Train a small OpenCLIP dual encoder from scratch on a folder of captioned images.
 
 The data is any folder of images with caption sidecars (``photo.png`` + ``photo.txt``, one
-caption per line). Training uses the CLIP loss (symmetric InfoNCE with a learnable
-temperature) and fits a wall-clock budget: the learning-rate schedule runs over the time left
-after loading, so training ends cleanly at ``max_seconds``. The result is a model folder::
+caption per line), found by the one scanner as `xretrieve.train.data` says. Training uses the CLIP loss (symmetric InfoNCE with a learnable
+temperature) and fits a budget (`xretrieve.train.schedule`): the learning-rate schedule runs
+over the time left after loading, so training ends cleanly at ``max_seconds``. The result is a model folder::
 
     OUT/open_clip_config.json        {"model_cfg": ..., "preprocess_cfg": ...}
     OUT/open_clip_model.safetensors  weights
@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from xretrieve.errors import FolderError, InputError, MediaError, ModelError
+from xretrieve.train.data import Sidecars, path_order, scan_training_folder
+from xretrieve.train.schedule import budgeted_steps, check_schedule, clip_loss
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -42,7 +44,6 @@ __all__ = [
     "find_captioned_images",
     "fit",
     "load_captioned_images",
-    "lr_at",
     "save_model",
     "train",
 ]
@@ -51,24 +52,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 REPORT_FILE = "train_report.json"
-# Kept back from the budget for writing the model folder.
-_SAVE_RESERVE_S = 2.0
-
-
-def check_schedule(config: Any) -> None:
-    """Validate the fields every training config shares: its end, batch, LR schedule, threads."""
-    if config.max_seconds is None and config.max_steps is None:
-        raise InputError("give max_seconds, max_steps or both: training needs an end")
-    if config.max_seconds is not None and config.max_seconds <= 0:
-        raise InputError(f"max_seconds must be positive, got {config.max_seconds}")
-    if config.max_steps is not None and config.max_steps <= 0:
-        raise InputError(f"max_steps must be positive, got {config.max_steps}")
-    if config.batch_size < 2:
-        raise InputError(f"batch_size must be at least 2 (contrastive), got {config.batch_size}")
-    if config.lr <= 0 or not 0 <= config.min_lr_ratio <= 1 or not 0 <= config.warmup_fraction < 1:
-        raise InputError("lr must be positive, min_lr_ratio in [0, 1], warmup in [0, 1)")
-    if config.threads is not None and config.threads <= 0:
-        raise InputError(f"threads must be positive, got {config.threads}")
 
 
 @dataclass(frozen=True)
@@ -129,19 +112,14 @@ class CaptionedImages:
 def find_captioned_images(data_dir: str | os.PathLike[str]) -> list[tuple[Path, list[str]]]:
     """Images under `data_dir` (recursively, sorted) that have a non-empty caption sidecar."""
     root = Path(data_dir)
-    if not root.is_dir():
-        raise FolderError(f"training data folder not found: {root}")
+    sidecars = Sidecars(root, scan_training_folder(root))
     pairs = []
-    for p in sorted(root.rglob("*")):
-        if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
+    for image in path_order(sidecars.scan.images):
+        if os.path.splitext(image.rel)[1].lower() not in IMAGE_SUFFIXES:
             continue
-        side = p.with_suffix(".txt")
-        if not side.is_file():
-            continue
-        captions = [c.strip() for c in side.read_text(encoding="utf-8").splitlines()]
-        captions = [c for c in captions if c]
+        captions = sidecars.captions(image.rel)
         if captions:
-            pairs.append((p, captions))
+            pairs.append((sidecars.path(image.rel), captions))
     if len(pairs) < 2:
         raise FolderError(
             f"{root} holds {len(pairs)} image(s) with a caption sidecar; training needs at least "
@@ -175,66 +153,6 @@ def load_captioned_images(
     starts = torch.cumsum(counts, 0) - counts
     tokens = tokenizer([c for _, caps in pairs for c in caps])
     return CaptionedImages(pixels, tokens, starts, counts)
-
-
-def lr_at(progress: float, *, config: Any) -> float:
-    """Learning rate at a point of training (0 = start, 1 = end): linear warmup, cosine decay."""
-    p = min(max(progress, 0.0), 1.0)
-    if p < config.warmup_fraction:
-        return config.lr * p / config.warmup_fraction
-    t = (p - config.warmup_fraction) / (1.0 - config.warmup_fraction)
-    floor = config.lr * config.min_lr_ratio
-    return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-def clip_loss(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE of two batches of unit rows whose i-th rows are the positive pair."""
-    logits = scale * a @ b.T
-    labels = torch.arange(len(a))
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step of a budgeted schedule: its number, learning rate and batch of row indices."""
-
-    number: int
-    lr: float
-    idx: torch.Tensor
-    elapsed: float
-
-
-def budgeted_steps(config: Any, *, t_start: float, n: int, gen: torch.Generator) -> Iterator[Step]:
-    """Batches of rows (reshuffled every epoch) with the LR schedule, until the budget is spent.
-
-    The budget is `config.max_seconds` (counted from `t_start`, so loading counts, minus a
-    reserve for saving) and/or `config.max_steps`; the schedule spans whichever ends first.
-    """
-    t0 = time.perf_counter()
-    deadline = None
-    if config.max_seconds is not None:
-        deadline = t_start + config.max_seconds - _SAVE_RESERVE_S
-        if deadline <= t0:
-            raise InputError(
-                f"max_seconds={config.max_seconds} is used up by loading the data "
-                f"({t0 - t_start:.1f} s): give more time"
-            )
-    batch = min(config.batch_size, n)
-    order = torch.randperm(n, generator=gen)
-    cursor = step = 0
-    while True:
-        now = time.perf_counter()
-        progress = 0.0 if deadline is None else (now - t0) / (deadline - t0)
-        if config.max_steps is not None:
-            progress = max(progress, step / config.max_steps)
-        if progress >= 1.0:
-            return
-        if cursor + batch > n:
-            order = torch.randperm(n, generator=gen)
-            cursor = 0
-        yield Step(step, lr_at(progress, config=config), order[cursor : cursor + batch], now - t0)
-        cursor += batch
-        step += 1
 
 
 def encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
@@ -311,7 +229,10 @@ def _model_cfg(name: str) -> dict[str, Any]:
     from xretrieve.encoders import list_models
 
     if name not in list_models():
-        raise InputError(f"unknown model config {name!r}: see `xretrieve models`")
+        raise InputError(
+            f"unknown model config {name!r}: see list_models() (register your own config "
+            "with register_model_config())"
+        )
     cfg = open_clip.get_model_config(name)
     if cfg is None or "text_cfg" not in cfg or "hf_model_name" in cfg["text_cfg"]:
         raise InputError(f"model config {name!r} is not a from-scratch open_clip CLIP config")

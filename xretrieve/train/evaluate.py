@@ -1,7 +1,7 @@
 """Retrieval evaluation: recall@K with set-of-concepts relevance, next to its chance level.
 
 The pure functions work on any similarity / relevance matrices; `evaluate_world` applies them
-to a synthetic world (see `xretrieve.world`): text->image ranks every caption of a split
+to a synthetic world (see `xretrieve.train.world`): text->image ranks every caption of a split
 against every image of it, image->text the other way round, and an item is relevant to a
 query when both carry the same set of object concepts.
 """

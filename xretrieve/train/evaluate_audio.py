@@ -1,6 +1,6 @@
 """Audio retrieval evaluation on a world with sound: R@K four ways, chance beside each.
 
-Directions, all on one split with set-of-concepts relevance (see `xretrieve.evaluate`):
+Directions, all on one split with set-of-concepts relevance (see `xretrieve.train.evaluate`):
 audio->image, image->audio (each sound against every image), text->audio and audio->text
 (every caption against every sound).
 """
@@ -74,7 +74,7 @@ def evaluate_audio(
     if missing:
         raise FolderError(
             f"{len(missing)} image(s) of {root} have no sound (e.g. {missing[0]}): "
-            "make the world with `xretrieve make-world --audio`"
+            "give the world its sounds with add_audio_to_world()"
         )
     aud = encoder.encode_audio(sounds)
     img = encoder.encode_images(ws.load_images())

@@ -1,6 +1,6 @@
 """Sound for the synthetic world: every scene also plays as a short clip, concept by concept.
 
-Each object of a scene (see `xretrieve.world`) becomes one note, synthesised with numpy:
+Each object of a scene (see `xretrieve.train.world`) becomes one note, synthesised with numpy:
 
     shape    -> timbre      circle: sine, square: odd harmonics (clarinet-like),
                             triangle: all harmonics (sawtooth), star: inharmonic bell,

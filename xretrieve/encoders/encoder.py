@@ -1,0 +1,207 @@
+"""The encoder: one object that maps images, texts and sounds into one L2-normalised space.
+
+`Encoder` holds an open_clip model (image + text towers), its inference preprocessing and
+tokenizer, and optionally an audio tower (`xretrieve.encoders.audio_tower`); every `encode_*`
+returns float32 unit rows, shape (n, dim). `ModelSpec` says which weights made the vectors:
+`weights_fingerprint` is the one hash of a tower's weights, so equal weights give equal
+fingerprints whichever tower they belong to. Models are built by `xretrieve.encoders.load_encoder`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from PIL import Image
+
+from xretrieve._types import Vectors
+from xretrieve.errors import ModelError
+
+if TYPE_CHECKING:
+    from xretrieve.encoders.audio_tower import AudioTowerLike
+
+__all__ = ["AudioItem", "Encoder", "ModelSpec", "weights_fingerprint"]
+
+#: What `Encoder.encode_audio` takes: a file path, the file's bytes, or (samples, sample_rate)
+#: with samples shaped (frames,) or (frames, channels).
+AudioItem = str | os.PathLike[str] | bytes | tuple[npt.ArrayLike, int]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What identifies a model: how to load it again, and a fingerprint of its weights."""
+
+    name: str
+    pretrained: str | None
+    fingerprint: str
+    dim: int
+    image_size: int
+    context_length: int
+    #: The towers the model has; an audio tower comes from `xretrieve train-audio` or `add-clap`.
+    towers: tuple[str, ...] = ("image", "text")
+    #: Fingerprint of the audio tower's weights, kept apart from `fingerprint` (image + text) so
+    #: that adding or retraining an audio tower leaves image and text vectors valid.
+    audio_fingerprint: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["towers"] = list(self.towers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        optional = {"towers", "audio_fingerprint"}
+        kw = {k: d[k] for k in cls.__dataclass_fields__ if k not in optional or k in d}
+        if "towers" in kw:
+            kw["towers"] = tuple(kw["towers"])
+        return cls(**kw)
+
+
+def weights_fingerprint(module: torch.nn.Module, *, exclude: Collection[str] = ()) -> str:
+    """sha256 over state names, shapes and bytes (less `exclude`): equal weights, equal print."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        if name in exclude:
+            continue
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _batches(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+class Encoder:
+    """An OpenCLIP model with its preprocessing and tokenizer: images and texts -> unit vectors."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocess: Callable[[Image.Image], torch.Tensor],
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        spec: ModelSpec,
+        *,
+        device: torch.device,
+        batch_size: int = 32,
+        audio_tower: AudioTowerLike | None = None,
+    ) -> None:
+        self.model = model
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.device = device
+        self.batch_size = batch_size
+        self.audio_tower = audio_tower
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    @property
+    def audio_sample_rate(self) -> int:
+        """The rate the audio tower reads; decode with ``decode_audio(p, sample_rate=this)``."""
+        return self._require_audio().sample_rate
+
+    def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Apply the model's own inference transform and stack into one batch tensor."""
+        return torch.stack([self.preprocess(im.convert("RGB")) for im in images])
+
+    def encode_pixels(self, pixels: torch.Tensor) -> Vectors:
+        """Embed an already preprocessed batch (n, 3, H, W)."""
+        out = np.empty((len(pixels), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for sl in _batches(len(pixels), self.batch_size):
+                x = pixels[sl].to(self.device)
+                out[sl] = self.model.encode_image(x, normalize=True).float().cpu().numpy()  # type: ignore[operator]
+        return out
+
+    def encode_images(self, images: Sequence[Image.Image]) -> Vectors:
+        """Embed PIL images (any mode) into unit vectors, batch by batch."""
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        for sl in _batches(len(images), self.batch_size):
+            out[sl] = self.encode_pixels(self.preprocess_images(images[sl]))
+        return out
+
+    def encode_texts(self, texts: Sequence[str]) -> Vectors:
+        """Embed texts into unit vectors, batch by batch."""
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for sl in _batches(len(texts), max(self.batch_size, 256)):
+                tokens = self.tokenizer(list(texts[sl])).to(self.device)
+                out[sl] = self.model.encode_text(tokens, normalize=True).float().cpu().numpy()  # type: ignore[operator]
+        return out
+
+    def _require_audio(self) -> AudioTowerLike:
+        if self.audio_tower is None:
+            raise ModelError(
+                f"model {self.spec.name} has no audio tower: train one into its folder with "
+                "`xretrieve train-audio MODEL_DIR DATA_DIR` (or map a local pretrained CLAP into it "
+                "with `xretrieve add-clap MODEL_DIR CLAP_DIR`)"
+            )
+        return self.audio_tower
+
+    def encode_waveforms(self, waveforms: Sequence[npt.NDArray[np.float32]]) -> Vectors:
+        """Embed mono waveforms already at `audio_sample_rate`; long ones window by window.
+
+        A clip longer than the tower's window is cut into evenly spread windows that cover it;
+        its vector is the normalised mean of the windows' vectors.
+        """
+        return self.encode_prepared_audio([self.prepare_audio(w) for w in waveforms])
+
+    def prepare_audio(self, waveform: npt.NDArray[np.float32]) -> torch.Tensor:
+        """One clip's tower inputs, a row per window (thread-safe: decode threads call it)."""
+        return self._require_audio().prepare(waveform)
+
+    def encode_prepared_audio(self, prepared: Sequence[torch.Tensor]) -> Vectors:
+        """Unit vectors of clips made ready by `prepare_audio`: the mean over each clip's windows."""
+        tower = self._require_audio()
+        out = np.empty((len(prepared), self.dim), dtype=np.float32)
+        if not len(prepared):
+            return out
+        owner = np.repeat(np.arange(len(prepared)), [len(c) for c in prepared])
+        stacked = torch.cat(list(prepared))
+        emb = np.empty((len(stacked), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for sl in _batches(len(stacked), self.batch_size):
+                emb[sl] = tower.embed(stacked[sl].to(self.device)).float().cpu().numpy()
+        sums = np.zeros_like(out)
+        np.add.at(sums, owner, emb)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        out[:] = sums / np.maximum(norms, 1e-12)
+        return out
+
+    def encode_audio(self, items: Sequence[AudioItem]) -> Vectors:
+        """Embed sounds (paths, file bytes, or (samples, rate) pairs) into unit vectors.
+
+        Files that cannot be decoded, or are silent or too short, raise `MediaError`. Decoding
+        and the per-clip features run in threads, ahead of the tower by up to two batches.
+        """
+        from xretrieve._threads import bounded_map, default_workers
+        from xretrieve.media.audio import decode_audio, prepare_waveform
+
+        rate = self.audio_sample_rate
+
+        def load(item: AudioItem) -> torch.Tensor:
+            if isinstance(item, tuple):
+                samples, sr = item
+                return self.prepare_audio(prepare_waveform(samples, int(sr), sample_rate=rate))
+            return self.prepare_audio(decode_audio(item, sample_rate=rate).waveform)
+
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        waves = bounded_map(load, items, workers=default_workers(), window=2 * self.batch_size)
+        try:
+            for sl in _batches(len(items), self.batch_size):
+                batch = [next(waves) for _ in range(sl.stop - sl.start)]
+                out[sl] = self.encode_prepared_audio(batch)
+        finally:
+            waves.close()  # on an error: cancel the decoding not yet started
+        return out
