@@ -13,10 +13,12 @@ CAPTION = "a [/oops] red circle :smile: [bold]loud[/bold]"
 def _media(world_dir: Path, root: Path) -> Path:
     src = sorted((world_dir / "test").glob("*.png"))[:4]
     root.mkdir()
+    (root / "[red]dir").mkdir()  # a folder whose name opens a style
     for i, png in enumerate(src):
-        name = "[bold]x" if i == 0 else f"[/]{i}"
-        shutil.copy(png, root / f"{name}.png")
-        (root / f"{name}.txt").write_text(CAPTION if i == 0 else f"plain {i}\n")
+        name = "[bold]x" if i == 0 else f"[red]{i}"
+        folder = root / "[red]dir" if i == 1 else root
+        shutil.copy(png, folder / f"{name}.png")
+        (folder / f"{name}.txt").write_text(CAPTION if i == 0 else f"plain {i}\n")
     (root / "[red]bad.png").write_bytes(b"not an image")
     return root
 
@@ -37,7 +39,8 @@ def test_brackets_in_paths_and_captions_print_verbatim(
 
     r = cli("search", "red circle", "--index", idx, "-k", "4")
     assert r.returncode == 0, r.stderr
-    assert "[bold]x.png" in r.stdout and "[/]1.png" in r.stdout
+    flat = "".join(r.stdout.split())
+    assert "[bold]x.png" in flat and "[red]dir/[red]1.png" in flat
 
     r = cli("search", "red circle", "--index", idx, "-k", "4", "--json")
     assert {Path(h["path"]).name for h in json.loads(r.stdout)} >= {"[bold]x.png"}

@@ -18,10 +18,14 @@ from rich.table import Table
 
 from xretrieve.errors import (
     FolderError,
+    IndexCorruptError,
+    IndexNotFoundError,
     IndexStoreError,
     InputError,
     MediaError,
     ModelError,
+    ModelMismatchError,
+    ModelUnavailableError,
     XRetrieveError,
 )
 
@@ -95,8 +99,46 @@ def exit_code(e: XRetrieveError) -> int:
     return next(code for cls, code in EXIT_CODES if isinstance(e, cls))
 
 
+#: What to type next, by error family and a phrase of its message: library messages name no
+#: flags, so the command line adds its own. The first row that matches wins.
+HINTS: tuple[tuple[type[XRetrieveError], str, str], ...] = (
+    (
+        ModelUnavailableError,
+        "no network",
+        "--pretrained /path/to/checkpoint or --model /path/to/model-folder",
+    ),
+    (
+        ModelMismatchError,
+        "",
+        "--model names another copy of that model; `index --full` rebuilds with this one",
+    ),
+    (IndexNotFoundError, "", "`xretrieve index FOLDER --index DIR` builds one"),
+    (IndexCorruptError, "rebuil", "`xretrieve index FOLDER --index DIR --full` rebuilds it"),
+    (
+        InputError,
+        "register_model_config",
+        "see `xretrieve models`; --model-config FILE registers a config",
+    ),
+    (InputError, "no CUDA GPU", "--device cpu"),
+    (InputError, "caption column", "--column names it"),
+    (InputError, "holds the captions", "--column names it"),
+    (FolderError, "add_audio_to_world", "`xretrieve make-world --audio` makes a world with sounds"),
+)
+
+
+def hint(e: XRetrieveError) -> str | None:
+    """The CLI's hint for this error, if it has one."""
+    text = str(e)
+    return next((h for cls, phrase, h in HINTS if isinstance(e, cls) and phrase in text), None)
+
+
 def fail(e: XRetrieveError) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, markup=True)
+    """Print the error (and the CLI's hint) on one line, exit with its family's code."""
+    extra = hint(e)
+    line = escape(str(e).replace("\n", " ")) + (
+        f" [dim](hint: {escape(extra)})[/]" if extra else ""
+    )
+    err.print(f"[bold red]error:[/] {line}", highlight=False, markup=True)
     raise typer.Exit(code=exit_code(e))
 
 
