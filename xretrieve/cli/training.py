@@ -19,6 +19,7 @@ from xretrieve.cli._app import (
     PretrainedOpt,
     SeedOpt,
     app,
+    err,
     fail,
     out,
     print_json,
@@ -116,27 +117,67 @@ def train_cmd(
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str, typer.Argument(help="Model folder (or architecture name).")],
-    world: Annotated[Path, typer.Option("--world", help="World folder made by `make-world`.")],
-    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    world: Annotated[
+        Path | None, typer.Option("--world", help="World folder made by `make-world`.")
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Image-caption set: a folder of images with .txt captions, a CSV/TSV "
+            "(image,caption rows; CLIP_benchmark's flickr30k_test_karpathy.txt), a COCO "
+            "captions JSON or a Karpathy dataset_*.json, or a folder holding split files.",
+        ),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="Split to evaluate: a world's (default test), or where the --data layout "
+            "names splits (Karpathy: test)."
+        ),
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images",
+            help="Folder the image names of a --data file are relative to (a COCO image "
+            "folder such as val2014); default: the file's own folder.",
+        ),
+    ] = None,
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """R@1/5/10 on a world's held-out split, chance beside: text<->image, and audio when present.
+    """R@1/5/10 text<->image with chance beside: on a world's held-out split, or on your data.
 
-    The audio directions (audio<->image, text<->audio) are added when the model has an audio
-    tower and the world has sounds (`make-world --audio`).
+    --world: the world's split, plus audio<->image and text<->audio when the model has an
+    audio tower and the world has sounds (`make-world --audio`). --data: the standard protocol
+    (CLIP_benchmark): text->image counts a caption's own image in the top K, image->text an
+    image with any of its captions in the top K.
     """
     from xretrieve.encoders import load_encoder
-    from xretrieve.train.evaluate import evaluate_world
-    from xretrieve.train.evaluate_audio import evaluate_audio
 
     try:
+        if (world is None) == (data is None):
+            raise InputError("give one of --world DIR or --data PATH")
+        if world is not None and images is not None:
+            raise InputError("--images applies to --data only")
         enc = load_encoder(model, pretrained=pretrained, device=device)
-        reports: list[Any] = [evaluate_world(enc, world, split=split)]
-        if "audio" in enc.spec.towers and next((world / split).glob("*.wav"), None):
-            reports.append(evaluate_audio(enc, world, split=split))
+        reports: list[Any] = []
+        if data is not None:
+            from xretrieve.train.datasets import load_eval_set
+            from xretrieve.train.retrieval import evaluate_retrieval
+
+            ds = load_eval_set(data, split=split, images=images)
+            for skipped in ds.skipped:
+                err.print(f"skipped {skipped}", highlight=False)
+            reports.append(evaluate_retrieval(enc, ds, progress=False if quiet else None))
+        elif world is not None:
+            reports += _world_reports(enc, world, split or "test")
     except XRetrieveError as e:
+        if isinstance(e, InputError) and "choose one" in str(e):
+            e = InputError(f"{e} with --split NAME")
         fail(e)
     if as_json:
         merged: dict[str, Any] = {}
@@ -144,7 +185,24 @@ def eval_cmd(
             merged.update(r.to_dict())
         print_json(merged)
     else:
+        if data is not None:
+            x = reports[0].extra
+            out.print(
+                f"{x['data']} ({x['layout']}, images without captions: "
+                f"{x['images_without_captions']}), model {reports[0].model}, {x['seconds']:.0f}s",
+                highlight=False,
+            )
         out.print("\n\n".join(r.format_table() for r in reports), highlight=False)
+
+
+def _world_reports(enc: Any, world: Path, split: str) -> list[Any]:
+    from xretrieve.train.evaluate import evaluate_world
+    from xretrieve.train.evaluate_audio import evaluate_audio
+
+    reports: list[Any] = [evaluate_world(enc, world, split=split)]
+    if "audio" in enc.spec.towers and next((world / split).glob("*.wav"), None):
+        reports.append(evaluate_audio(enc, world, split=split))
+    return reports
 
 
 @app.command("models")

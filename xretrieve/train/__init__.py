@@ -7,6 +7,7 @@
     audio                train an audio tower against a model folder's frozen towers
     clap_fit             fit a pretrained CLAP tower into a model folder's space
     evaluate, evaluate_audio   recall@K on a world's held-out split, chance beside
+    datasets, retrieval  image-caption sets (folder, CSV/TSV, COCO, Karpathy) and their R@K
 
 `train` uses the rest of the package, and nothing in the package imports `xretrieve.train`
 (only the CLI's training commands do): a search never loads it. Names below load on first
@@ -22,8 +23,10 @@ if TYPE_CHECKING:
     from xretrieve.train.audio import AudioTrainConfig, AudioTrainReport, train_audio
     from xretrieve.train.clap_fit import ClapFit, ClapReport, add_clap
     from xretrieve.train.clip import TrainConfig, TrainedModel, TrainReport, fit, save_model, train
+    from xretrieve.train.datasets import EvalSet, load_eval_set
     from xretrieve.train.evaluate import EvalReport, evaluate_world
     from xretrieve.train.evaluate_audio import AudioEvalReport, evaluate_audio
+    from xretrieve.train.retrieval import evaluate_retrieval
     from xretrieve.train.world import WorldInfo, make_world
     from xretrieve.train.world_audio import AudioWorldInfo, add_audio_to_world
 
@@ -40,10 +43,13 @@ _LAZY = {
     "fit": "xretrieve.train.clip",
     "save_model": "xretrieve.train.clip",
     "train": "xretrieve.train.clip",
+    "EvalSet": "xretrieve.train.datasets",
+    "load_eval_set": "xretrieve.train.datasets",
     "EvalReport": "xretrieve.train.evaluate",
     "evaluate_world": "xretrieve.train.evaluate",
     "AudioEvalReport": "xretrieve.train.evaluate_audio",
     "evaluate_audio": "xretrieve.train.evaluate_audio",
+    "evaluate_retrieval": "xretrieve.train.retrieval",
     "WorldInfo": "xretrieve.train.world",
     "make_world": "xretrieve.train.world",
     "AudioWorldInfo": "xretrieve.train.world_audio",
@@ -58,6 +64,7 @@ __all__ = [
     "ClapFit",
     "ClapReport",
     "EvalReport",
+    "EvalSet",
     "TrainConfig",
     "TrainReport",
     "TrainedModel",
@@ -65,8 +72,10 @@ __all__ = [
     "add_audio_to_world",
     "add_clap",
     "evaluate_audio",
+    "evaluate_retrieval",
     "evaluate_world",
     "fit",
+    "load_eval_set",
     "make_world",
     "save_model",
     "train",

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_KS",
     "EvalReport",
+    "chance_from_counts",
     "chance_recall_at_k",
     "evaluate_world",
     "keyed_recall",
@@ -88,8 +89,16 @@ def chance_recall_at_k(relevant: Bools, ks: Sequence[int] = DEFAULT_KS) -> dict[
         raise InputError(f"relevant must be a (queries, gallery) matrix, got {relevant.shape}")
     ks = _check_ks(ks)
     rows = _answerable(relevant)
-    g = relevant.shape[1]
-    r = relevant[rows].sum(axis=1).astype(np.float64)
+    return chance_from_counts(relevant[rows].sum(axis=1), relevant.shape[1], ks)
+
+
+def chance_from_counts(
+    relevant: npt.ArrayLike, gallery: int, ks: Sequence[int] = DEFAULT_KS
+) -> dict[int, float]:
+    """Expected recall@K of a random ranking for queries with `relevant` items each in `gallery`."""
+    ks = _check_ks(ks)
+    r = np.asarray(relevant, dtype=np.float64)
+    g = int(gallery)
     out: dict[int, float] = {}
     for k in ks:
         # C(g-r, K) / C(g, K) = prod_{i<K} (g-r-i) / (g-i): no huge binomials needed.
