@@ -210,5 +210,6 @@ def test_cli_eval_data_json(
     assert got["split"] == "test" and got["layout"] == "csv" and got["data"] == str(ann)
     r = cli("eval", *tiny, "--data", ann.parent)
     assert r.returncode == 3 and r.stderr.startswith("error:") and "choose a split" in r.stderr
+    assert "(hint: --split NAME chooses one)" in r.stderr
     r = cli("eval", *tiny, "--data", ann, "--split", "val", "-q")
     assert r.returncode == 2 and "names no splits" in r.stderr

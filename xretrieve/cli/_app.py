@@ -123,6 +123,8 @@ HINTS: tuple[tuple[type[XRetrieveError], str, str], ...] = (
     (InputError, "caption column", "--column names it"),
     (InputError, "holds the captions", "--column names it"),
     (FolderError, "add_audio_to_world", "`xretrieve make-world --audio` makes a world with sounds"),
+    (InputError, "names splits", "--split NAME chooses one"),
+    (FolderError, "choose a split", "--split NAME chooses one"),
 )
 
 

@@ -176,8 +176,6 @@ def eval_cmd(
         elif world is not None:
             reports += _world_reports(enc, world, split or "test")
     except XRetrieveError as e:
-        if isinstance(e, InputError) and "choose one" in str(e):
-            e = InputError(f"{e} with --split NAME")
         fail(e)
     if as_json:
         merged: dict[str, Any] = {}
