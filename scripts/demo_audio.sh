@@ -17,11 +17,13 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 step "1/5 generate a world of $N scenes with sound (NAME.wav beside NAME.png)"
 $XR make-world "$DEMO/world" --n "$N" --seed 0 --audio
 
-step "2/5 train the image/text model (time budget ${DEMO_SECONDS:-175}s)"
-$XR train "$DEMO/world/train" "$DEMO/model" --max-seconds "${DEMO_SECONDS:-175}"
+# Step budgets, not time budgets: every machine trains the same models and prints the same
+# tables, only slower or faster (each train line reports the time and steps per second).
+step "2/5 train the image/text model (${DEMO_STEPS:-1000} steps of 128)"
+$XR train "$DEMO/world/train" "$DEMO/model" --max-steps "${DEMO_STEPS:-1000}"
 
-step "3/5 train the audio tower into it against the frozen towers (${DEMO_SECONDS:-175}s)"
-$XR train-audio "$DEMO/model" "$DEMO/world" --max-seconds "${DEMO_SECONDS:-175}"
+step "3/5 train the audio tower into it against the frozen towers (${DEMO_AUDIO_STEPS:-1200} steps of 256)"
+$XR train-audio "$DEMO/model" "$DEMO/world" --max-steps "${DEMO_AUDIO_STEPS:-1200}"
 
 step "4/5 held-out retrieval quality, all directions (R@K, chance beside it)"
 $XR eval "$DEMO/model" --world "$DEMO/world"

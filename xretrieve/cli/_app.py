@@ -69,9 +69,26 @@ ModelConfigOpt = Annotated[
 
 
 MaxSecondsOpt = Annotated[
-    float | None, typer.Option(help="Wall-clock budget; the LR schedule spans it.")
+    float | None,
+    typer.Option(
+        help="Wall-clock budget instead of the step budget (alone, the model then depends on "
+        "the machine's speed and load); the LR schedule spans it."
+    ),
 ]
-MaxStepsOpt = Annotated[int | None, typer.Option(help="Stop after this many steps.")]
+MaxStepsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Step budget (default: the recipe's; same seed and steps, same model on any "
+        "load); the LR schedule spans it."
+    ),
+]
+TorchThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Torch threads (default: half the cores this process may use; more threads "
+        "than free cores slow training several times; the count changes the weights' last bits)."
+    ),
+]
 LrOpt = Annotated[float | None, typer.Option(help="Peak learning rate.")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
 
@@ -183,11 +200,11 @@ def training_config(
 ) -> C:
     """`base` with the options the user gave (None = keep the recipe's default).
 
-    A step limit given alone replaces the recipe's time budget instead of adding to it.
+    A budget given alone replaces the recipe's budget instead of adding to it: `--max-seconds`
+    alone trains by the clock, `--max-steps` alone by steps, both end at whichever comes first.
     """
     overrides = {k: v for k, v in options.items() if v is not None}
-    if max_steps is not None:
-        overrides["max_steps"] = max_steps
     if max_seconds is not None or max_steps is not None:
         overrides["max_seconds"] = max_seconds
+        overrides["max_steps"] = max_steps
     return dataclasses.replace(base, **overrides)  # type: ignore[type-var]

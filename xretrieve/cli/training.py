@@ -18,6 +18,7 @@ from xretrieve.cli._app import (
     ModelConfigOpt,
     PretrainedOpt,
     SeedOpt,
+    TorchThreadsOpt,
     app,
     err,
     fail,
@@ -84,9 +85,14 @@ def train_cmd(
     batch_size: Annotated[int | None, typer.Option(help="Image-caption pairs per step.")] = None,
     lr: LrOpt = None,
     seed: SeedOpt = 0,
+    torch_threads: TorchThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a small CLIP from scratch (contrastive loss) on captioned images."""
+    """Train a small CLIP from scratch (contrastive loss) on captioned images.
+
+    By default for the recipe's number of steps: every machine trains the same model, only
+    slower or faster; --max-seconds trains by the clock instead.
+    """
     from xretrieve.train.clip import TrainConfig, train
 
     try:
@@ -99,6 +105,7 @@ def train_cmd(
             batch_size=batch_size,
             lr=lr,
             seed=seed,
+            threads=torch_threads,
         )
         report = train(data_dir, out_dir, config=cfg)
     except XRetrieveError as e:
@@ -108,10 +115,20 @@ def train_cmd(
         return
     out.print(
         f"trained {report.config.model} on {report.n_images} images / {report.n_captions} captions: "
-        f"{report.steps} steps ({report.epochs:.1f} epochs) in {report.seconds:.0f}s, "
+        f"{report.steps} steps ({report.epochs:.1f} epochs) in {_duration(report.seconds)} "
+        f"({report.load_seconds:.0f}s loading, {report.steps_per_second:.2f} steps/s on "
+        f"{report.threads} torch thread{'s' if report.threads > 1 else ''}), "
         f"final loss {report.final_loss:.3f} -> {out_dir}",
         highlight=False,
     )
+
+
+def _duration(seconds: float) -> str:
+    """`95s` or `3 min 12 s`."""
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s} s"
 
 
 @app.command("eval")
@@ -234,10 +251,15 @@ def train_audio_cmd(
     batch_size: Annotated[int | None, typer.Option(help="Sounds per step.")] = None,
     lr: LrOpt = None,
     seed: SeedOpt = 0,
+    torch_threads: TorchThreadsOpt = None,
     device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
-    """Train an audio tower into MODEL_DIR against its frozen image and text towers."""
+    """Train an audio tower into MODEL_DIR against its frozen image and text towers.
+
+    By default for the recipe's number of steps (the same tower on every machine);
+    --max-seconds trains by the clock instead.
+    """
     from xretrieve.train.audio import AudioTrainConfig, train_audio
 
     try:
@@ -248,6 +270,7 @@ def train_audio_cmd(
             batch_size=batch_size,
             lr=lr,
             seed=seed,
+            threads=torch_threads,
         )
         report = train_audio(model_dir, data_dir, config=cfg, device=device)
     except XRetrieveError as e:
@@ -258,7 +281,10 @@ def train_audio_cmd(
     out.print(
         f"trained an audio tower on {report.n_sounds} sounds ({report.n_captions} captions, "
         f"{report.n_images} images): {report.steps} steps ({report.epochs:.1f} epochs) in "
-        f"{report.seconds:.0f}s, final loss {report.final_loss:.3f} -> {model_dir}",
+        f"{_duration(report.seconds)} ({report.load_seconds:.0f}s loading, "
+        f"{report.steps_per_second:.2f} steps/s on {report.threads} torch "
+        f"thread{'s' if report.threads > 1 else ''}), final loss {report.final_loss:.3f} "
+        f"-> {model_dir}",
         highlight=False,
     )
 

@@ -1,18 +1,24 @@
-"""The schedule every training loop here shares: its budget, learning rate and loss.
+"""The schedule every training loop here shares: its budget, threads, learning rate and loss.
 
-A run ends at a wall-clock budget (`max_seconds`, counted from the start of the run so that
-loading counts too, less a reserve for saving) and/or a step budget (`max_steps`); the
-learning-rate schedule (linear warmup, cosine decay to a floor) spans whichever ends first,
-so a run always finishes its schedule. Batches are drawn without replacement and reshuffled
-every epoch from a seeded generator. Configs are duck-typed: any frozen dataclass with the
-fields `check_schedule` reads will do.
+A run ends at a step budget (`max_steps`, the recipes' default) and/or a wall-clock budget
+(`max_seconds`, counted from the start of the run so that loading counts too, less a reserve
+for saving); the learning-rate schedule (linear warmup, cosine decay to a floor) spans
+whichever ends first, so a run always finishes its schedule. A step budget alone makes the
+model independent of the machine's speed and load: same seed, same steps and same torch
+thread count give the same weights, bit for bit. The thread count (`threads`, default
+`default_threads()`) never follows the load, because it changes the order of float sums and
+so the last bits of the weights. Batches are drawn without replacement and reshuffled every
+epoch from a seeded generator. Configs are duck-typed: any frozen dataclass with the fields
+`check_schedule` reads will do.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +27,16 @@ import torch.nn.functional as F
 
 from xretrieve.errors import InputError
 
-__all__ = ["Step", "budgeted_steps", "check_schedule", "clip_loss", "lr_at"]
+__all__ = [
+    "Step",
+    "budgeted_steps",
+    "check_schedule",
+    "clip_loss",
+    "default_threads",
+    "lr_at",
+    "steps_per_second",
+    "torch_threads",
+]
 
 # Kept back from the budget for writing the model folder.
 _SAVE_RESERVE_S = 2.0
@@ -41,6 +56,38 @@ def check_schedule(config: Any) -> None:
         raise InputError("lr must be positive, min_lr_ratio in [0, 1], warmup in [0, 1)")
     if config.threads is not None and config.threads <= 0:
         raise InputError(f"threads must be positive, got {config.threads}")
+
+
+def default_threads() -> int:
+    """Torch threads for training: half the cores this process may run on, at least one.
+
+    Measured on 2 cores (scripts/bench_train.py): with other work running, 2 intra-op threads
+    ran 4-5x slower than 1, because every parallel op waits for its slowest thread and a
+    thread sharing its core with another process is the slowest; half the cores leaves room
+    for the rest of the machine. It depends on the CPU set only, never on the load.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // 2)
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[int]:
+    """Run a block with `n` torch intra-op threads (None: `default_threads()`), then restore."""
+    old = torch.get_num_threads()
+    count = default_threads() if n is None else n
+    torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        torch.set_num_threads(old)
+
+
+def steps_per_second(steps: int, seconds: float) -> float:
+    """Training speed, rounded for reports (0 when no time passed)."""
+    return round(steps / seconds, 2) if seconds > 0 else 0.0
 
 
 def lr_at(progress: float, *, config: Any) -> float:
