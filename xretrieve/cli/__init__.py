@@ -14,7 +14,7 @@ from xretrieve.cli._app import app, quiet_libraries
 __all__ = ["app", "main"]
 
 # Importing a module registers its commands; this order is the order `--help` lists.
-for _name in ("training", "indexing", "searching", "corpus"):
+for _name in ("training", "indexing", "searching", "corpus", "serving"):
     importlib.import_module(f"xretrieve.cli.{_name}")
 
 
