@@ -228,14 +228,14 @@ def test_a_reader_that_cannot_pin_still_sees_one_generation(
     """A read-only index: no pin can be written, so the reader follows the newest generation."""
     idx = tmp_path / "idx"
     index_folder(tree, idx, encoder=tiny_encoder, options=_opts())
-    real_mkdir = Path.mkdir
+    real_mkdir = os.mkdir
 
-    def refuse(self: Path, *a: Any, **kw: Any) -> None:
-        if self.name == store.READERS_DIR:
-            raise PermissionError(13, "read-only", str(self))
-        real_mkdir(self, *a, **kw)
+    def refuse(path: Any, *a: Any, **kw: Any) -> None:
+        if os.path.basename(os.fspath(path)) == store.READERS_DIR:
+            raise PermissionError(13, "read-only", str(path))
+        real_mkdir(path, *a, **kw)
 
-    monkeypatch.setattr(Path, "mkdir", refuse)
+    monkeypatch.setattr(os, "mkdir", refuse)
     reader = store.Reader(idx)
     assert not reader.pinned
     before = reader.manifest

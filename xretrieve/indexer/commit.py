@@ -14,6 +14,11 @@
   (delta and small shards are exact Flat shards, so their vectors come back bit for bit).
 
 Each commit is atomic (see `store.writer`): a killed run leaves the last committed generation.
+
+A full rebuild over an existing index (`Pending.publish` False) writes its delta shards at the
+same points but lands no generation until `finish`: its intermediate generations would show
+only the part rebuilt so far (and may mix two models' vectors), so readers keep the old
+generation until the new one is complete, and a killed rebuild leaves the old one live.
 """
 
 from __future__ import annotations
@@ -77,6 +82,8 @@ class Pending:
     # Content hashes met in this run and not yet committed: their first item.
     waiting: dict[str, Item] = field(default_factory=dict)
     last_commit: float = field(default_factory=time.monotonic)
+    # Whether batch commits land a generation (not during a full rebuild of an existing index).
+    publish: bool = True
 
 
 def shard_order(s: store.ShardInfo) -> tuple[int, int]:
@@ -157,7 +164,8 @@ def commit(run: Run) -> None:
             offset += info.rows
     _delete_replaced(run)
     p.shards.sort(key=shard_order)
-    _land(run, p.shards)
+    if p.publish:
+        _land(run, p.shards)
     p.items.clear()
     p.waiting.clear()
     p.gone.clear()
@@ -238,7 +246,10 @@ def finish(run: Run) -> bool:
             elif stale:
                 rework.append(s)
     if not rework and not trimmed:
-        return False  # the generation already committed is the final one
+        if p.publish:
+            return False  # the generation already committed is the final one
+        _land(run, sorted(p.shards, key=shard_order))  # the rebuild's one generation
+        return True
     rework_names = {s.name for s in rework}
     final = [trimmed.get(s.name, s) for s in p.shards if s.name not in rework_names]
     buffers: dict[tuple[Modality, Any], tuple[list[Vectors], list[pa.Table]]] = defaultdict(

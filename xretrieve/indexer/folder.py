@@ -190,7 +190,13 @@ def index_folder(
             report=report,
             writer=writer,
             known=known,
-            pending=Pending(shards=base, corpora=corpora, gone=gone_files(scan, known)),
+            pending=Pending(
+                shards=base,
+                corpora=corpora,
+                gone=gone_files(scan, known),
+                # A full rebuild lands only its complete generation: the old one stays live.
+                publish=not (opts.full and writer.manifest is not None),
+            ),
             progress=_progress(
                 len(scan.images) + len(scan.captions) + len(scan.audio), enabled=opts.progress
             ),

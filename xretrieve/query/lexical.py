@@ -8,7 +8,8 @@ One BM25 index per modality covers all its shards; documents are numbered shard 
 `key` hashes the checksums of the modality's shard files, so the cache stays valid across
 generations that leave those shards alone and is rebuilt when they change; stale folders
 are removed when a new one is written. The folder is written under a temporary name and
-renamed, so a reader never loads half of it.
+renamed, so a reader never loads half of it. A `lexical/` folder (or cache folder) that is a
+symlink is damage: it is never read from, written into nor cleaned.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from xretrieve.errors import IndexCorruptError
+from xretrieve.store.safety import folder
 
 __all__ = ["LexicalIndex", "document_texts", "open_lexical", "tokenize"]
 
 FORMAT_VERSION = 1
 LEXICAL_DIR = "lexical"
 _DOCS = "docs.json"
+_CACHE_NAME = re.compile(r"[a-z]+-[0-9a-f]{16}")
 
 # Words that carry no meaning in captions or file names (a short list: BM25's idf already
 # discounts frequent words; this only keeps them out of the vocabulary).
@@ -166,6 +169,7 @@ def open_lexical(
     offsets = np.cumsum([0, *(t.num_rows for _, t in shards)]).astype(np.int64)
     base = Path(index_dir).expanduser() / LEXICAL_DIR
     target = base / f"{modality}-{_cache_key(files)}"
+    _refuse_links(base.parent, LEXICAL_DIR, f"{LEXICAL_DIR}/{target.name}")
     if (target / _DOCS).is_file():
         try:
             docs = json.loads((target / _DOCS).read_text(encoding="utf-8"))
@@ -185,8 +189,16 @@ def open_lexical(
     return lex
 
 
+def _refuse_links(index_dir: Path, *folders: str) -> None:
+    """`IndexCorruptError` if one of `folders` inside the index is a symlink (missing is fine)."""
+    for rel in folders:
+        with contextlib.suppress(FileNotFoundError), folder(index_dir, rel):
+            pass
+
+
 def _save(lex: LexicalIndex, base: Path, target: Path, modality: str) -> None:
-    base.mkdir(parents=True, exist_ok=True)
+    with folder(base.parent, LEXICAL_DIR, create=True):  # a real folder, not a link
+        pass
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=base))
     try:
         if lex.n_docs:
@@ -204,7 +216,8 @@ def _save(lex: LexicalIndex, base: Path, target: Path, modality: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in base.glob(f"{modality}-*"):
-        if old != target and old.is_dir():
+        # Only cache folders this module names, and never through a link.
+        if old != target and _CACHE_NAME.fullmatch(old.name) and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
     if not (target / _DOCS).is_file():
         raise IndexCorruptError(f"{target}: the lexical cache was not written")

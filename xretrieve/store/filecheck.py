@@ -286,7 +286,7 @@ def check_faiss_file(
                 raise _Damaged(f"{c.left} bytes left over after the index")
     except _Damaged as e:
         raise IndexCorruptError(
-            f"{p}: index damaged: not a FAISS index xretrieve can read ({e})"
+            f"{p}: index damaged: not a readable FAISS index (truncated or damaged: {e})"
         ) from e
     except (OSError, struct.error, UnicodeDecodeError) as e:
         raise IndexCorruptError(f"{p}: index damaged: cannot be read ({e})") from e
@@ -298,9 +298,17 @@ def check_faiss_file(
 
 
 def check_npy_file(
-    path: str | os.PathLike[str], *, dtype: str, ndim: int, shape: tuple[int, ...] | None = None
+    path: str | os.PathLike[str],
+    *,
+    dtype: str,
+    ndim: int,
+    shape: tuple[int, ...] | None = None,
+    what: str = "array",
 ) -> tuple[int, ...]:
-    """The shape of a .npy file of `dtype` and `ndim` dimensions whose data fill it exactly."""
+    """The shape of a .npy file of `dtype` and `ndim` dimensions whose data fill it exactly.
+
+    `what` names the array in errors ("re-scoring vectors").
+    """
     p = Path(path)
     try:
         with open(p, "rb") as f:
@@ -320,7 +328,7 @@ def check_npy_file(
         if int(np.prod(got_shape, dtype=np.float64)) * np.dtype(dtype).itemsize != data:
             raise _Damaged(f"claims {tuple(got_shape)} items in {data} bytes of data")
     except _Damaged as e:
-        raise IndexCorruptError(f"{p}: index damaged: {e}") from e
+        raise IndexCorruptError(f"{p}: index damaged: the {what}: {e}") from e
     except (OSError, ValueError, EOFError) as e:
-        raise IndexCorruptError(f"{p}: index damaged: not a readable .npy file ({e})") from e
+        raise IndexCorruptError(f"{p}: index damaged: the {what}: not a readable .npy ({e})") from e
     return tuple(int(n) for n in got_shape)

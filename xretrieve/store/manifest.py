@@ -44,6 +44,8 @@ from xretrieve.errors import (
     IndexStoreError,
     ModelMismatchError,
 )
+from xretrieve.store.safety import MANIFEST_MAX_BYTES, read_capped
+from xretrieve.store.schema import validate_manifest
 
 __all__ = [
     "FACT_COLUMNS",
@@ -198,12 +200,14 @@ class Manifest:
             d = json.loads(text)
             if not isinstance(d, dict) or d.get("format") != "xretrieve-index":
                 raise ValueError("not an xretrieve manifest")
-            version = int(d["format_version"])
-            if version > FORMAT_VERSION:
+            version = d.get("format_version")
+            if isinstance(version, int) and version > FORMAT_VERSION:
                 raise IndexStoreError(
                     f"{where}: index format v{version} is newer than this xretrieve reads "
                     f"(v{FORMAT_VERSION}); upgrade xretrieve"
                 )
+            # Every field's type and range, and every file name, before anything uses them.
+            validate_manifest(d, where=where)
             shards = tuple(
                 ShardInfo(
                     **{
@@ -217,7 +221,7 @@ class Manifest:
                 for s in d["shards"]
             )
             return cls(
-                format_version=version,
+                format_version=int(d["format_version"]),
                 generation=int(d["generation"]),
                 root=str(d["root"]),
                 model=dict(d["model"]),
@@ -230,10 +234,11 @@ class Manifest:
             )
         except IndexStoreError:
             raise
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
+            reason = f"{type(e).__name__}: {e}"[:200]  # a huge number's digits, say
             raise IndexCorruptError(
-                f"{where} is damaged ({type(e).__name__}: {e}); rebuild the index from scratch"
-            ) from e
+                f"{where}: index damaged ({reason}); rebuild the index from scratch"
+            ) from None
 
 
 # Shards written before partitions existed: one partition, no statistics (so never pruned).
@@ -244,14 +249,17 @@ def read_manifest(index_dir: str | os.PathLike[str]) -> Manifest:
     """Read and validate an index's manifest."""
     d = Path(index_dir).expanduser()
     mpath = d / MANIFEST
-    if not mpath.is_file():
+    if not os.path.lexists(mpath):
         if d.is_dir() and any(d.iterdir()):
             raise IndexNotFoundError(f"{d} is not an xretrieve index (no {MANIFEST})")
         raise IndexNotFoundError(f"no index at {d}; index a folder into it first")
     try:
-        text = mpath.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise IndexCorruptError(f"{mpath} cannot be read: {e}") from e
+        # Not through a symlink, not past a size no manifest reaches (a FIFO never blocks).
+        text = read_capped(d, MANIFEST, cap=MANIFEST_MAX_BYTES).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise IndexCorruptError(f"{mpath}: index damaged: not UTF-8 text ({e.reason})") from None
+    except OSError as e:
+        raise IndexCorruptError(f"{mpath} cannot be read: {e.strerror}") from e
     return Manifest.from_json(text, where=mpath)
 
 

@@ -10,7 +10,9 @@ and starts over on the new generation.
 
 Every file is checked against the size the manifest records (and, with `verify=True`, its
 sha256) before it is used: a missing file is `ShardMissingError`, a damaged one
-`IndexCorruptError`.
+`IndexCorruptError`. Files are found under `shards/` without following a symlink (a linked
+`shards/` or `readers/`, or a shard file that is a link, is damage), and arrays are checked
+against their size before they are read (`filecheck`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +34,7 @@ import pyarrow.parquet as pq
 from xretrieve._types import Ids
 from xretrieve.errors import IndexCorruptError, IndexStoreError, ShardMissingError
 from xretrieve.store import ann
+from xretrieve.store.filecheck import check_npy_file
 from xretrieve.store.manifest import (
     READERS_DIR,
     SHARDS_DIR,
@@ -41,6 +45,7 @@ from xretrieve.store.manifest import (
     read_manifest,
     upgrade_metadata,
 )
+from xretrieve.store.safety import PIN_FILE, check_plain_name, folder, open_dir, unlink_recorded
 
 __all__ = [
     "LoadedShard",
@@ -69,25 +74,34 @@ class LoadedShard:
 def pinned_files(index_dir: Path) -> set[str]:
     """Shard files named by the pins of live readers; pins of dead processes are removed."""
     names: set[str] = set()
-    pins = index_dir / READERS_DIR
-    for pin in pins.iterdir() if pins.is_dir() else ():
-        try:
-            fd = os.open(pin, os.O_RDONLY)
-        except OSError:
-            continue  # released meanwhile
-        try:
+    try:
+        dfd = open_dir(index_dir, READERS_DIR)
+    except FileNotFoundError:
+        return names
+    try:
+        for pin in os.listdir(dfd):
+            if not PIN_FILE.fullmatch(pin):
+                continue  # not a name a reader makes: neither read nor removed
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # held: its reader is alive
-                if pin.suffix == ".pin":  # (a temporary is still being written: skipped)
-                    text = os.read(fd, 1 << 24).decode("utf-8", "replace")
-                    with contextlib.suppress(ValueError):
-                        names |= {str(n) for n in json.loads(text)}
-            else:
-                with contextlib.suppress(OSError):
-                    pin.unlink()  # nobody holds it: its reader is gone
-        finally:
-            os.close(fd)
+                fd = os.open(pin, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
+            except OSError:
+                continue  # released meanwhile, or a link
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:  # held: its reader is alive
+                    if pin.endswith(".pin"):  # (a temporary is still being written: skipped)
+                        text = os.read(fd, 1 << 24).decode("utf-8", "replace")
+                        with contextlib.suppress(ValueError, RecursionError, TypeError):
+                            names |= {str(n) for n in json.loads(text)}
+                else:
+                    unlink_recorded(dfd, pin, pattern=PIN_FILE)  # its reader is gone
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dfd)
     return names
 
 
@@ -99,28 +113,33 @@ class _Pin:
 
     def __init__(self, index_dir: Path, manifest: Manifest) -> None:
         self.held = False
-        pins = index_dir / READERS_DIR
+        # A linked readers/ is damage (`IndexCorruptError`), never followed.
+        name = f"{os.getpid()}-{os.urandom(6).hex()}"
+        tmp = f".{name}.tmp"
         try:
-            pins.mkdir(exist_ok=True)
-            name = f"{os.getpid()}-{os.urandom(6).hex()}"
-            tmp = pins / f".{name}.tmp"
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            dfd = open_dir(index_dir, READERS_DIR, create=True)
         except OSError:
             return  # a read-only index: the reader falls back to re-reading the manifest
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dfd)
+        except OSError:
+            os.close(dfd)
+            return
         try:
             # Locked before anything else: a writer removes only unlocked pins and temporaries.
             # The lock stays with the file through the rename.
             fcntl.flock(fd, fcntl.LOCK_SH)
             os.write(fd, json.dumps(sorted(manifest.shard_files())).encode())
-            os.replace(tmp, pins / f"{name}.pin")
+            os.replace(tmp, f"{name}.pin", src_dir_fd=dfd, dst_dir_fd=dfd)
         except OSError:
             os.close(fd)
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                os.unlink(tmp, dir_fd=dfd)
+            os.close(dfd)
             return
         self.held = True
         # Released when the pin is dropped or, at the latest, when the interpreter exits.
-        self._release = weakref.finalize(self, _unpin, fd, pins / f"{name}.pin")
+        self._release = weakref.finalize(self, _unpin, fd, dfd, f"{name}.pin")
 
     def release(self) -> None:
         if self.held:
@@ -128,20 +147,31 @@ class _Pin:
             self.held = False
 
 
-def _unpin(fd: int, path: Path) -> None:
+def _unpin(fd: int, dfd: int, name: str) -> None:
     with contextlib.suppress(OSError):
-        path.unlink()
+        os.unlink(name, dir_fd=dfd)
     os.close(fd)  # closing releases the flock
+    os.close(dfd)
 
 
 # ---------------------------------------------------------------------------------------------
 # Shard files
 
 
-def _check_file(path: Path, expected: ShardFile, *, verify: bool) -> None:
-    if not path.is_file():
-        raise ShardMissingError(f"{path} is missing; the index must be rebuilt from scratch")
-    size = path.stat().st_size
+def _shard_file(index_dir: str | os.PathLike[str], expected: ShardFile, *, verify: bool) -> Path:
+    """The path of a shard file under `shards/`, checked against its manifest record."""
+    shard_dir = Path(index_dir).expanduser() / SHARDS_DIR
+    path = shard_dir / check_plain_name(expected.name)
+    try:
+        with folder(shard_dir.parent, SHARDS_DIR) as dfd:
+            st = os.stat(expected.name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        raise ShardMissingError(
+            f"{path} is missing; the index must be rebuilt from scratch"
+        ) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise IndexCorruptError(f"index damaged: {path} is not a regular file (a link?)")
+    size = st.st_size
     if size != expected.bytes:
         raise IndexCorruptError(
             f"{path} has {size} bytes, the manifest says {expected.bytes}: the file is damaged; "
@@ -149,14 +179,14 @@ def _check_file(path: Path, expected: ShardFile, *, verify: bool) -> None:
         )
     if verify and describe_file(path).sha256 != expected.sha256:
         raise IndexCorruptError(f"{path} does not match its checksum: the file is damaged")
+    return path
 
 
 def read_metadata(
     index_dir: str | os.PathLike[str], info: ShardInfo, *, columns: Sequence[str] | None = None
 ) -> pa.Table:
     """One shard's metadata table (only `columns` when given), without loading its vectors."""
-    meta_path = Path(index_dir).expanduser() / SHARDS_DIR / info.meta_file.name
-    _check_file(meta_path, info.meta_file, verify=False)
+    meta_path = _shard_file(index_dir, info.meta_file, verify=False)
     try:
         if columns is None:
             return upgrade_metadata(pq.read_table(meta_path))
@@ -174,8 +204,9 @@ def read_deleted(
     """The sorted row numbers deleted from a shard (empty when none)."""
     if info.deleted is None:
         return np.empty(0, np.int64)
-    path = Path(index_dir).expanduser() / SHARDS_DIR / info.deleted.name
-    _check_file(path, info.deleted, verify=verify)
+    path = _shard_file(index_dir, info.deleted, verify=verify)
+    # The header's claim against the file's size, before numpy sizes a buffer from it.
+    check_npy_file(path, dtype="<i8", ndim=1, shape=(info.deleted_rows,), what="deleted rows")
     try:
         rows = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
@@ -189,11 +220,8 @@ def load_shard(
     index_dir: str | os.PathLike[str], info: ShardInfo, *, verify: bool = False
 ) -> LoadedShard:
     """Read one shard's index and metadata, checking them against the manifest."""
-    shard_dir = Path(index_dir).expanduser() / SHARDS_DIR
-    index_path = shard_dir / info.index_file.name
-    meta_path = shard_dir / info.meta_file.name
-    _check_file(index_path, info.index_file, verify=verify)
-    _check_file(meta_path, info.meta_file, verify=verify)
+    index_path = _shard_file(index_dir, info.index_file, verify=verify)
+    meta_path = _shard_file(index_dir, info.meta_file, verify=verify)
     built = ann.read_index(index_path)
     try:
         # One chunk per column: `take` on a many-chunk column costs ~20 ms at 1M rows

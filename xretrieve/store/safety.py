@@ -154,7 +154,7 @@ def open_dir(
                 nxt = os.open(part, flags | os.O_NOFOLLOW, dir_fd=fd)
             except OSError as e:
                 if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise _loop_error(rel, e) from e
+                    raise _loop_error(os.path.join(root, rel), e) from None
                 raise
             os.close(fd)
             fd = nxt
@@ -194,11 +194,12 @@ def open_nofollow(
             )
         except OSError as e:
             if e.errno == errno.ELOOP:
-                raise _damaged(f"{rel} is a symbolic link (refusing to follow it)") from e
+                where = os.path.join(root, rel)
+                raise _damaged(f"{where} is a symbolic link (refusing to follow it)") from None
             raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise _damaged(f"{rel} is not a regular file")
+        raise _damaged(f"{os.path.join(root, rel)} is not a regular file")
     return fd
 
 
@@ -208,7 +209,8 @@ def read_capped(root: str | os.PathLike[str], rel: str | os.PathLike[str], *, ca
     try:
         size = os.fstat(fd).st_size
         if size > cap:
-            raise _damaged(f"{rel} holds {size} bytes, more than the {cap} an index writes")
+            where = os.path.join(root, rel)
+            raise _damaged(f"{where} holds {size} bytes, more than the {cap} an index writes")
         chunks = []
         while True:
             chunk = os.read(fd, 1 << 20)
@@ -217,7 +219,7 @@ def read_capped(root: str | os.PathLike[str], rel: str | os.PathLike[str], *, ca
             chunks.append(chunk)
             size -= len(chunk)
             if size < -cap:  # grew while read
-                raise _damaged(f"{rel} keeps growing")
+                raise _damaged(f"{os.path.join(root, rel)} keeps growing")
         return b"".join(chunks)
     finally:
         os.close(fd)

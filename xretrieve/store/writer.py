@@ -11,6 +11,9 @@ only once both are complete.
 
 After a commit, the files that neither the new generation, the one it replaced, nor a live
 reader's pin (see `reader`) names are removed, and so are temporaries a killed writer left.
+Only names the index itself makes are ever removed, and no symlink inside the index is
+followed to write or delete (`safety`): a writer refuses a folder that is not an index, and
+an index whose `.lock` or `shards/` is a link.
 """
 
 from __future__ import annotations
@@ -48,6 +51,14 @@ from xretrieve.store.manifest import (
     upgrade_metadata,
 )
 from xretrieve.store.reader import pinned_files, read_deleted
+from xretrieve.store.safety import (
+    INDEX_ENTRIES,
+    SHARD_DIR_FILE,
+    check_index_target,
+    folder,
+    open_nofollow,
+    unlink_recorded,
+)
 
 __all__ = ["ShardPayload", "Writer", "lock_index", "write_generation"]
 
@@ -64,9 +75,14 @@ class ShardPayload:
 
 @contextlib.contextmanager
 def lock_index(index_dir: Path) -> Iterator[None]:
-    """Hold the index's writer lock; a second writer gets `IndexLockedError` at once."""
+    """Hold the index's writer lock; a second writer gets `IndexLockedError` at once.
+
+    A folder holding other files than an index's is refused (`NotAnIndexError`) before
+    anything is written into it.
+    """
+    check_index_target(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(index_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_nofollow(index_dir, LOCK, os.O_RDWR | os.O_CREAT)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -164,7 +180,12 @@ class Writer:
     def __init__(self, index_dir: str | os.PathLike[str]) -> None:
         self.dir = Path(index_dir).expanduser()
         self.shard_dir = self.dir / SHARDS_DIR
-        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with folder(self.dir, SHARDS_DIR, create=True):  # a real folder, not a link
+            pass
+        for rel in INDEX_ENTRIES:  # none of the index's folders may be a link
+            with contextlib.suppress(FileNotFoundError), folder(self.dir, rel):
+                pass
         self.manifest = _current(self.dir)
         self._next: dict[str, int] = {}
         for info in self.manifest.shards if self.manifest else ():
@@ -299,12 +320,10 @@ def _slice_payload(p: ShardPayload, start: int, stop: int) -> ShardPayload:
 def _collect_garbage(shard_dir: Path, manifest: Manifest, previous: Manifest | None) -> None:
     keep = manifest.shard_files() | (previous.shard_files() if previous else set())
     keep |= pinned_files(shard_dir.parent)
-    for f in shard_dir.iterdir():
-        referenced = f.name in keep or any(f.name.startswith(k + ".") for k in keep)
-        if not referenced and not f.name.startswith("."):
-            with contextlib.suppress(OSError):
-                f.unlink()
-        elif f.name.startswith(".") and f.name.endswith(".tmp"):
-            # A temporary file left by a killed writer (we hold the lock: nobody else writes).
-            with contextlib.suppress(OSError):
-                f.unlink()
+    with folder(shard_dir.parent, SHARDS_DIR) as fd:
+        for name in os.listdir(fd):
+            referenced = name in keep or any(name.startswith(k + ".") for k in keep)
+            # A temporary (".<name>.<random>.tmp") is left by a killed writer: we hold the
+            # lock, nobody else writes. Only names the index makes are removed at all.
+            if not referenced or name.startswith("."):
+                unlink_recorded(fd, name, pattern=SHARD_DIR_FILE)

@@ -24,12 +24,15 @@ from xretrieve.errors import IndexCorruptError, IndexNotFoundError
 from xretrieve.store.ann.build import BuiltIndex, Rescorer, TunedParams
 from xretrieve.store.ann.gpu import to_cpu
 from xretrieve.store.ann.plan import IndexPlan
+from xretrieve.store.filecheck import check_faiss_file, check_npy_file
 
 __all__ = ["FORMAT_VERSION", "index_files", "read_index", "write_index"]
 
 FORMAT_VERSION = 1
 _SIDE_JSON = ".json"
 _SIDE_RESCORE = ".rescore.npy"
+# A sidecar holds a plan and a few parameters: a few hundred bytes.
+_SIDECAR_MAX_BYTES = 1 << 20
 
 
 def index_files(path: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
@@ -81,18 +84,22 @@ def read_index(path: str | os.PathLike[str], *, mmap: bool = False) -> BuiltInde
     if not index_path.is_file():
         raise IndexNotFoundError(f"{index_path}: no FAISS index file there")
     try:
+        if json_path.stat().st_size > _SIDECAR_MAX_BYTES:
+            raise ValueError(f"a sidecar of {json_path.stat().st_size} bytes")
         meta = json.loads(json_path.read_text(encoding="utf-8"))
         plan = IndexPlan.from_dict(meta["plan"])
         params = TunedParams.from_dict(meta["params"]) if meta.get("params") else None
         version = int(meta["format_version"])
     except FileNotFoundError as e:
         raise _corrupt(json_path, "the index sidecar is missing") from e
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise _corrupt(json_path, f"the index sidecar cannot be parsed ({e})") from e
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+        raise _corrupt(json_path, f"the index sidecar cannot be parsed ({e})"[:300]) from e
     if version > FORMAT_VERSION:
         raise _corrupt(
             json_path, f"format version {version} is newer than this xretrieve ({FORMAT_VERSION})"
         )
+    # What the file claims against its size, before FAISS allocates from the claim.
+    check_faiss_file(index_path)
     flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
     try:
         index = faiss.read_index(str(index_path), flags)
@@ -119,6 +126,9 @@ def _read_rescorer(
 ) -> Rescorer | None:
     if info is None:
         return None
+    if not path.is_file():
+        raise _corrupt(path, "the re-scoring vectors are missing")
+    check_npy_file(path, dtype="<f2", ndim=2, shape=shape, what="re-scoring vectors")
     try:
         codes = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except FileNotFoundError as e:
