@@ -447,3 +447,29 @@ def test_an_open_index_keeps_its_generation_across_writes(
     assert len(hits) == n_images - 3
     assert not {v.name for v in victims} & {Path(h.path).name for h in hits}
     idx.close()
+
+
+def test_one_index_serves_many_threads_at_once(built_index: Path) -> None:
+    # A server shares one Index across worker threads; filtered searches fill and evict its
+    # caches concurrently. Every thread must get the answer a lone search gets.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from xretrieve.query import index as query_index
+
+    idx = xretrieve.open_index(built_index, device="cpu")
+    wheres = [f"width >= {w}" for w in range(0, 40)]
+    alone = {w: [h.path for h in idx.search("a red circle", k=3, where=w)] for w in wheres}
+    small = query_index._CACHE_ENTRIES
+    query_index._CACHE_ENTRIES = 4  # evict all the time
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            got = list(
+                pool.map(
+                    lambda w: (w, [h.path for h in idx.search("a red circle", k=3, where=w)]),
+                    wheres * 5,
+                )
+            )
+    finally:
+        query_index._CACHE_ENTRIES = small
+    assert all(paths == alone[w] for w, paths in got)
+    assert len(got) == 200

@@ -32,6 +32,7 @@ row selectors, the BM25 index), each bounded, all dropped by `refresh()`.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -90,11 +91,17 @@ _K = TypeVar("_K")
 _V = TypeVar("_V")
 
 
+#: One lock for every cache's evictions: an `Index` is shared by a server's worker threads,
+#: and two threads evicting at once would iterate a dict that the other one changes.
+_CACHE_LOCK = threading.Lock()
+
+
 def _remember(cache: dict[_K, _V], key: _K, value: _V) -> _V:
     """Store `value` under `key`, dropping the oldest entry when the cache is full."""
-    if len(cache) >= _CACHE_ENTRIES:
-        cache.pop(next(iter(cache)))
-    cache[key] = value
+    with _CACHE_LOCK:
+        while len(cache) >= _CACHE_ENTRIES:
+            cache.pop(next(iter(cache)), None)
+        cache[key] = value
     return value
 
 
