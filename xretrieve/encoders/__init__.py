@@ -2,7 +2,8 @@
 
 `factory` builds a model (open_clip name + pretrained tag, or a local folder) and returns an
 `Encoder` (`encoder`); `features` computes log-mel inputs; `audio_tower` and `clap` are the
-audio towers. Nothing here imports `xretrieve.train`: loading a model never loads training code.
+audio towers; `weights` refuses a pickle offered as weights before any loader sees it. Nothing
+here imports `xretrieve.train`: loading a model never loads training code.
 """
 
 from xretrieve.encoders.encoder import Encoder, ModelSpec, weights_fingerprint

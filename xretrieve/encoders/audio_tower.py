@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 
 from xretrieve._fs import atomic_write_bytes, fsync_dir, sha256_file
@@ -276,7 +277,7 @@ def load_audio_tower(
             )
         tower = AudioTower(cfg)
         missing, unexpected = tower.load_state_dict(load_file(str(weights)), strict=False)
-    except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+    except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError, SafetensorError) as e:
         if isinstance(e, InputError):
             raise ModelError(f"cannot load the audio tower of {root}: {e}") from e
         raise ModelError(f"cannot load the audio tower of {root}: {e!r}") from e

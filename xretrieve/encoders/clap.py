@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 
 from xretrieve._fs import sha256_file
@@ -209,7 +210,7 @@ def load_clap_tower(
             )
         tensors = load_file(str(map_path))
         w, b = tensors["w"], tensors["b"]
-    except (OSError, KeyError, TypeError, ValueError) as e:
+    except (OSError, KeyError, TypeError, ValueError, SafetensorError) as e:
         raise ModelError(f"cannot load the CLAP adapter of {root}: {e!r}") from e
     clap, _, features = load_clap(clap_dir)
     if w.shape[0] != int(clap.config.projection_dim) or b.shape != (w.shape[1],):

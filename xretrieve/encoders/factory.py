@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from xretrieve.encoders.encoder import Encoder, ModelSpec, weights_fingerprint
+from xretrieve.encoders.weights import LOAD_ERRORS, WEIGHT_FILES, check_weights_file, load_error
 from xretrieve.errors import InputError, ModelError, ModelUnavailableError
 
 __all__ = [
@@ -183,6 +184,16 @@ def _resolve_source(model: str, pretrained: str | None) -> tuple[str, str | None
     return model, pretrained
 
 
+# What open_clip raises for weights it cannot use (damaged, foreign, or holding code).
+_LOAD_FAILURES: tuple[type[Exception], ...] = (
+    RuntimeError,
+    ValueError,
+    OSError,
+    KeyError,
+    *LOAD_ERRORS,
+)
+
+
 def load_encoder(
     model: str = DEFAULT_MODEL,
     *,
@@ -202,16 +213,20 @@ def load_encoder(
     if weights is None and not name.startswith(("local-dir:", "hf-hub:")):
         # Random init is seeded so that the same name rebuilds the same weights (and fingerprint).
         torch.manual_seed(0)
+    # A bare pickle never reaches a loader; what the tensors-only loaders refuse is one line.
+    candidates = [Path(weights)] if weights else []
+    if name.startswith("local-dir:"):
+        candidates += [Path(name[len("local-dir:") :]) / w for w in WEIGHT_FILES]
+    for f in candidates:
+        if f.is_file():
+            check_weights_file(f)
     try:
         net, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=weights, device=dev
         )
         tokenizer = open_clip.get_tokenizer(name)
-    except (RuntimeError, ValueError, OSError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(
-            f"cannot load model {model} ({pretrained or 'random init'}): {first}"
-        ) from e
+    except _LOAD_FAILURES as e:
+        raise load_error(f"model {model} ({pretrained or 'random init'})", e) from e
     net.eval()
     cfg = _model_cfg(name)
     spec = ModelSpec(
