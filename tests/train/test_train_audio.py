@@ -15,7 +15,12 @@ from conftest import QUICK_AUDIO as QUICK
 from xretrieve.encoders import load_encoder
 from xretrieve.encoders.audio_tower import AUDIO_CONFIG_FILE, AUDIO_WEIGHTS_FILE
 from xretrieve.errors import FolderError, InputError
-from xretrieve.train.audio import AudioTrainConfig, find_audio_pairs, train_audio
+from xretrieve.train.audio import (
+    DEFAULT_AUDIO_STEPS,
+    AudioTrainConfig,
+    find_audio_pairs,
+    train_audio,
+)
 from xretrieve.train.clip import TrainConfig, train
 from xretrieve.train.world import make_world
 from xretrieve.train.world_audio import add_audio_to_world
@@ -51,6 +56,24 @@ def test_training_leaves_image_and_text_towers_bit_for_bit(
     np.testing.assert_array_equal(after.encode_texts(texts), vec_before)
     assert report.steps == 3 and report.n_sounds == 38 and report.n_images == 38
     assert report.n_captions == 3 * 38 and np.isfinite(report.final_loss)
+    assert report.steps_per_second > 0 and report.threads >= 1
+
+
+def test_same_seed_and_steps_give_the_same_tower(
+    base_model: Path, audio_world: Path, tmp_path: Path
+) -> None:
+    prints = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        folder = tmp_path / name
+        shutil.copytree(base_model, folder)
+        cfg = AudioTrainConfig(**{**QUICK.__dict__, "seed": seed, "threads": 1})
+        prints.append(train_audio(folder, audio_world, config=cfg).fingerprint)
+    assert prints[0] == prints[1] != prints[2]
+
+
+def test_the_default_recipe_is_a_step_budget() -> None:
+    cfg = AudioTrainConfig()
+    assert cfg.max_seconds is None and cfg.max_steps == DEFAULT_AUDIO_STEPS == 1200
 
 
 def test_train_audio_refuses_bad_inputs(base_model: Path, tmp_path: Path) -> None:
