@@ -161,6 +161,16 @@ def eval_cmd(
             "folder such as val2014); default: the file's own folder.",
         ),
     ] = None,
+    index: Annotated[
+        Path | None,
+        typer.Option(
+            "--index",
+            help="Run the captions through this built index (its shards, tuned nprobe, the "
+            "query layer) against its image items: the model's exact R@K beside the index's, "
+            "and the index's recall@10 against exact search. Labels come from --world or "
+            "--data, else from the world folder the index was built in.",
+        ),
+    ] = None,
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -171,11 +181,15 @@ def eval_cmd(
     --world: the world's split, plus audio<->image and text<->audio when the model has an
     audio tower and the world has sounds (`make-world --audio`). --data: the standard protocol
     (CLIP_benchmark): text->image counts a caption's own image in the top K, image->text an
-    image with any of its captions in the top K.
+    image with any of its captions in the top K. --index DIR: text->image through a built
+    index, exact search beside (MODEL must be the model that built it).
     """
     from xretrieve.encoders import load_encoder
 
     try:
+        if index is not None:
+            _eval_index(index, model, world, data, split, images, pretrained, device, quiet, as_json)
+            return
         if (world is None) == (data is None):
             raise InputError("give one of --world DIR or --data PATH")
         if world is not None and images is not None:
@@ -208,6 +222,39 @@ def eval_cmd(
                 highlight=False,
             )
         out.print("\n\n".join(r.format_table() for r in reports), highlight=False)
+
+
+def _eval_index(
+    index: Path,
+    model: str,
+    world: Path | None,
+    data: Path | None,
+    split: str | None,
+    images: Path | None,
+    pretrained: str | None,
+    device: str,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """`eval --index`: R@K through a built index beside exact search, printed."""
+    from xretrieve.query import open_index
+    from xretrieve.train.index_eval import evaluate_index
+
+    if world is not None and data is not None:
+        raise InputError("give at most one of --world DIR or --data PATH with --index")
+    ds = None
+    if data is not None:
+        from xretrieve.train.datasets import load_eval_set
+
+        ds = load_eval_set(data, split=split, images=images)
+    with open_index(index, model=model, pretrained=pretrained, device=device) as idx:
+        report = evaluate_index(
+            idx, world=world, data=ds, split=split or "test", progress=False if quiet else None
+        )
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        out.print(report.format_table(), highlight=False)
 
 
 def _world_reports(enc: Any, world: Path, split: str) -> list[Any]:

@@ -5,6 +5,12 @@ Captions say the same thing through several templates and synonyms, so a model h
 attributes to objects rather than match strings. Relevance is exact: two items are relevant to
 each other when their sets of object concepts are equal.
 
+With `serials=True` every scene also gets a unique serial number (``SN-48213``) at the end of
+each of its captions and in its file name (``test/000123-SN-48213.png``): a rare word no
+model can read from the pixels, which only lexical search can match. Serials come from
+their own random stream, so the scenes, images and captions are those of the same world
+without serials; without the option the output is byte for byte what it always was.
+
 Layout written by `make_world`::
 
     OUT/world.json            format, parameters, vocabularies, counts
@@ -85,6 +91,7 @@ class Label:
     split: str
     concepts: tuple[str, ...]
     captions: tuple[str, ...]
+    serial: str | None = None  # the scene's serial number, in worlds made with serials
 
 
 @dataclass(frozen=True)
@@ -254,8 +261,16 @@ def _split_of(n: int, seed: int, test_fraction: float) -> np.ndarray:
     return is_test
 
 
-def _make_one(args: tuple[int, int, int, bool, str]) -> dict[str, object]:
-    index, seed, image_size, is_test, root = args
+def _serials(n: int, seed: int) -> list[str]:
+    """n distinct serial numbers ("SN-48213"), from a stream of their own."""
+    digits = max(5, len(str(10 * n)))
+    low = 10 ** (digits - 1)
+    drawn = np.random.default_rng([seed, 0x5E71A1]).choice(9 * low, size=n, replace=False)
+    return [f"SN-{low + int(x)}" for x in drawn]
+
+
+def _make_one(args: tuple[int, int, int, bool, str, str | None]) -> dict[str, object]:
+    index, seed, image_size, is_test, root, serial = args
     # One generator per image: output does not depend on worker count or order.
     rng = np.random.default_rng([seed, index])
     objects = sample_scene(rng)
@@ -264,14 +279,20 @@ def _make_one(args: tuple[int, int, int, bool, str]) -> dict[str, object]:
     captions = [make_caption(objects, rng) for _ in range(n_caps)]
     split = "test" if is_test else "train"
     rel = f"{split}/{index:06d}.png"
+    if serial is not None:
+        captions = [f"{c} {serial}" for c in captions]
+        rel = f"{split}/{index:06d}-{serial}.png"
     image.save(Path(root) / rel, format="PNG", optimize=False, compress_level=1)
     (Path(root) / rel).with_suffix(".txt").write_text("\n".join(captions) + "\n", encoding="utf-8")
-    return {
+    row: dict[str, object] = {
         "path": rel,
         "split": split,
         "concepts": sorted(o.concept for o in objects),
         "captions": captions,
     }
+    if serial is not None:
+        row["serial"] = serial
+    return row
 
 
 def make_world(
@@ -282,6 +303,7 @@ def make_world(
     image_size: int = 64,
     test_fraction: float = 0.2,
     workers: int = 1,
+    serials: bool = False,
 ) -> WorldInfo:
     """Generate `n` captioned scenes into `out_dir`; same arguments, same bytes."""
     if n <= 0:
@@ -296,7 +318,8 @@ def make_world(
     for split in ("train", "test"):
         (root / split).mkdir(parents=True, exist_ok=True)
     is_test = _split_of(n, seed, test_fraction)
-    jobs = [(i, seed, image_size, bool(is_test[i]), str(root)) for i in range(n)]
+    serial = _serials(n, seed) if serials else [None] * n
+    jobs = [(i, seed, image_size, bool(is_test[i]), str(root), serial[i]) for i in range(n)]
     if workers > 1:
         import multiprocessing as mp
 
@@ -323,6 +346,8 @@ def make_world(
         "objects_per_image": [1, 2],
         "captions_per_image": {"train": _TRAIN_CAPTIONS, "test": 1},
     }
+    if serials:
+        meta["serials"] = True
     # Written last: a folder with world.json is a complete world.
     (root / "world.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return WorldInfo(
@@ -346,5 +371,6 @@ def load_labels(world_dir: str | os.PathLike[str]) -> dict[str, Label]:
                     split=d["split"],
                     concepts=tuple(d["concepts"]),
                     captions=tuple(d["captions"]),
+                    serial=d.get("serial"),
                 )
     return labels
