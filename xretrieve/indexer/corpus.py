@@ -19,6 +19,7 @@ whole add with `MediaError` / `InputError` naming the file and line: nothing is 
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import os
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -89,22 +90,58 @@ def _clean(text: object) -> str | None:
     return t[:MAX_CAPTION_CHARS] if t else None
 
 
+#: Bytes of a plain-text line read before it is cut: a caption keeps MAX_CAPTION_CHARS
+#: characters, and this leaves room for the white space that cleaning folds away.
+MAX_TEXT_LINE_BYTES = 64 << 10
+#: A JSONL line longer than this is refused (it cannot be parsed once cut).
+MAX_JSON_LINE_BYTES = 1 << 20
+
+
+def _lines(f: IO[bytes], limit: int) -> Iterator[tuple[bytes, bool]]:
+    """Each line's first `limit` bytes and whether it was cut; never holds more than that.
+
+    A 200 MB line must not become a 200 MB string (and then a list of its words): the rest
+    of an over-long line is read in blocks and dropped.
+    """
+    while True:
+        raw = f.readline(limit)
+        if not raw:
+            return
+        if raw.endswith(b"\n") or len(raw) < limit:
+            yield raw, False
+            continue
+        while True:  # skip the rest of the line
+            rest = f.readline(limit)
+            if not rest or rest.endswith(b"\n"):
+                break
+        yield raw, True
+
+
+def _decode(raw: bytes, cut: bool, path: Path, n: int) -> str:
+    # A cut line may end inside a multi-byte character: the incremental decoder leaves
+    # that partial character out, and still refuses bytes that are not UTF-8.
+    try:
+        return codecs.getincrementaldecoder("utf-8")().decode(raw, final=not cut)
+    except UnicodeDecodeError as e:
+        raise MediaError(
+            path,
+            f"line {n} is not UTF-8 ({e.reason} at byte {e.start}); "
+            "convert the file, e.g. `iconv -f latin1 -t utf-8`",
+        ) from e
+
+
 def _read_lines(path: Path, kind: str, column: str) -> Iterator[tuple[int, str | None]]:
+    limit = MAX_TEXT_LINE_BYTES if kind == "text" else MAX_JSON_LINE_BYTES
     with open(path, "rb") as f:
-        for i, raw in enumerate(f):
+        for i, (raw, cut) in enumerate(_lines(f, limit)):
             if i == 0 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise MediaError(
-                    path,
-                    f"line {i + 1} is not UTF-8 ({e.reason} at byte {e.start}); "
-                    "convert the file, e.g. `iconv -f latin1 -t utf-8`",
-                ) from e
+            line = _decode(raw, cut, path, i + 1)
             if kind == "text":
                 yield i, _clean(line)
                 continue
+            if cut:
+                raise MediaError(path, f"line {i + 1} is longer than {limit:,} bytes")
             if not line.strip():
                 yield i, None
                 continue
@@ -112,10 +149,12 @@ def _read_lines(path: Path, kind: str, column: str) -> Iterator[tuple[int, str |
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise MediaError(path, f"line {i + 1} is not valid JSON ({e.msg})") from e
+            except RecursionError as e:
+                raise MediaError(path, f"line {i + 1} nests too deeply to be a caption") from e
             if not isinstance(obj, dict) or column not in obj:
                 keys = ", ".join(obj) if isinstance(obj, dict) else type(obj).__name__
                 raise InputError(
-                    f"{path}: line {i + 1} has no {column!r} field (it has: {keys}); "
+                    f"{path}: line {i + 1} has no {column!r} field (it has: {keys[:200]}); "
                     "name the field that holds the captions"
                 )
             value = obj[column]
@@ -139,7 +178,14 @@ def _read_parquet(path: Path, column: str, batch: int) -> Iterator[tuple[int, st
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise InputError(f"{path}: column {column!r} is {kind}, not text")
     row = 0
-    for rb in pf.iter_batches(batch_size=batch, columns=[column]):
+    batches = pf.iter_batches(batch_size=batch, columns=[column])
+    while True:
+        try:
+            rb = next(batches, None)
+        except (pa.ArrowException, OSError) as e:
+            raise MediaError(path, f"row {row + 1} onwards cannot be read ({e})") from e
+        if rb is None:
+            return
         for value in rb.column(0).to_pylist():
             yield row, _clean(value)
             row += 1
