@@ -188,7 +188,9 @@ def eval_cmd(
 
     try:
         if index is not None:
-            _eval_index(index, model, world, data, split, images, pretrained, device, quiet, as_json)
+            _eval_index(
+                index, model, world, data, split, images, pretrained, device, quiet, as_json
+            )
             return
         if (world is None) == (data is None):
             raise InputError("give one of --world DIR or --data PATH")
