@@ -37,8 +37,9 @@ from xretrieve.indexer.commit import Pending
 from xretrieve.indexer.known import Known, corpus_shards, gone_files, read_known
 from xretrieve.media.image import IMAGE_EXTS
 from xretrieve.media.scan import Problem, Scan, scan_folder
+from xretrieve.store import ann
 
-__all__ = ["IndexOptions", "IndexReport", "Run", "index_folder"]
+__all__ = ["IndexOptions", "IndexReport", "Run", "check_options", "index_folder"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,45 @@ class Run:
         return {"last_run": self.report.to_dict() | {"problems": len(self.report.problems)}}
 
 
+#: Bounds of the options a caller (or a command line) may pass.
+MAX_WORKERS = 256
+MAX_TORCH_THREADS = 1024
+MAX_BATCH = 65_536
+
+
+def _whole(value: object, name: str, lo: int, hi: int | None = None) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= lo
+    if not ok or (hi is not None and value > hi):  # type: ignore[operator]
+        span = f"from {lo} to {hi:,}" if hi is not None else f">= {lo}"
+        raise InputError(f"{name} must be a whole number {span}, got {value!r}")
+
+
+def check_options(opts: IndexOptions, *, dim: int) -> IndexOptions:
+    """Return `opts`, or raise `InputError` naming the first bad option -- before any write.
+
+    The index type is planned once against the encoder's dimension, so a bad FAISS factory
+    string is refused here rather than when the first shard is built.
+    """
+    _whole(opts.batch_size, "batch size", 1, MAX_BATCH)
+    _whole(opts.max_rows_per_shard, "max rows per shard", 1)
+    _whole(opts.commit_every, "commit size", 1)
+    if opts.workers is not None:
+        _whole(opts.workers, "workers", 1, MAX_WORKERS)
+    if opts.torch_threads is not None:
+        _whole(opts.torch_threads, "torch threads", 1, MAX_TORCH_THREADS)
+    if not opts.commit_seconds > 0:
+        raise InputError(f"commit seconds must be > 0, got {opts.commit_seconds!r}")
+    if opts.shard_by is not None and opts.shard_by not in store.PARTITION_KEYS:
+        raise InputError(
+            f"unknown shard_by {opts.shard_by!r}: use one of {', '.join(store.PARTITION_KEYS)}"
+        )
+    if opts.index_type is not None:
+        if not isinstance(opts.index_type, str) or not opts.index_type.strip():
+            raise InputError(f"index type must be a non-empty name, got {opts.index_type!r}")
+        ann.plan_index(4096, dim, index_type=opts.index_type)
+    return opts
+
+
 def index_folder(
     folder: str | os.PathLike[str],
     index_dir: str | os.PathLike[str],
@@ -138,13 +178,7 @@ def index_folder(
     options: IndexOptions | None = None,
 ) -> IndexReport:
     """Index every image and caption under `folder` into `index_dir`, committing in batches."""
-    opts = options or IndexOptions()
-    if opts.shard_by is not None and opts.shard_by not in store.PARTITION_KEYS:
-        raise InputError(
-            f"unknown shard_by {opts.shard_by!r}: use one of {', '.join(store.PARTITION_KEYS)}"
-        )
-    if opts.max_rows_per_shard <= 0 or opts.commit_every <= 0 or opts.batch_size <= 0:
-        raise InputError("max rows per shard, commit size and batch size must be positive")
+    opts = check_options(options or IndexOptions(), dim=encoder.dim)
     started = time.perf_counter()
     scan = scan_folder(folder)
     if not scan.images and not scan.captions and not scan.audio:

@@ -22,6 +22,8 @@ from xretrieve.query import scoring
 
 __all__ = [
     "FUSIONS",
+    "MAX_K",
+    "MAX_OVERSAMPLE",
     "OPTION_NAMES",
     "Fusion",
     "SearchOptions",
@@ -31,6 +33,12 @@ __all__ = [
 
 Fusion = Literal["rrf", "convex"]
 FUSIONS: tuple[Fusion, ...] = ("rrf", "convex")
+
+
+#: The most results one search returns: a bound, so that k cannot ask for a huge allocation.
+MAX_K = 10_000
+#: Candidates ranked before re-scoring are at most this many times k.
+MAX_OVERSAMPLE = 64
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,12 @@ class SearchOptions:
         """Return self, or raise `InputError` naming the bad option."""
         if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k <= 0:
             raise InputError(f"k must be a positive whole number, got {self.k!r}")
+        if self.k > MAX_K:
+            raise InputError(f"k must be at most {MAX_K:,}, got {self.k:,}")
+        if not isinstance(self.oversample, int) or not 1 <= self.oversample <= MAX_OVERSAMPLE:
+            raise InputError(
+                f"oversample must be a whole number from 1 to {MAX_OVERSAMPLE}, got {self.oversample!r}"
+            )
         if self.modality not in MODALITIES:
             raise InputError(
                 f"unknown modality {self.modality!r}: use one of {', '.join(MODALITIES)}"
@@ -63,8 +77,6 @@ class SearchOptions:
             raise InputError(f"rrf_k must be a whole number >= 0, got {self.rrf_k!r}")
         if not 0.0 <= self.alpha <= 1.0:
             raise InputError(f"alpha must be in [0, 1], got {self.alpha}")
-        if not isinstance(self.oversample, int) or self.oversample < 1:
-            raise InputError(f"oversample must be a whole number >= 1, got {self.oversample!r}")
         if self.mmr is not None and not 0.0 <= self.mmr <= 1.0:
             raise InputError(f"mmr (lambda) must be in [0, 1], got {self.mmr}")
         if self.dedup is not None and not -1.0 <= self.dedup <= 1.0:
