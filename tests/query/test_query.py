@@ -256,7 +256,7 @@ def test_hybrid_rrf_finds_what_dense_and_lexical_each_miss(hybrid_idx: xretrieve
     assert dense.paths == ["a/dense.png"]
     lexical_only = hybrid_idx.search(QUERY, k=1, hybrid=True, fusion="convex", alpha=0.0)
     assert lexical_only.paths == ["b/lexical.png"]
-    fused = hybrid_idx.search(QUERY, k=3, hybrid=True)
+    fused = hybrid_idx.search(QUERY, k=3, hybrid=True, fusion="rrf")
     assert fused.paths[0] == "c/target.png"
     assert fused[0].score == pytest.approx(2 / 62, rel=1e-5)  # second in both lists, k = 60
     assert fused[0].components["lexical"] > 0 and fused[0].components["dense"] == pytest.approx(
@@ -272,7 +272,9 @@ def test_hybrid_convex_alpha(hybrid_idx: xretrieve.Index) -> None:
     assert dense_only.paths == ["a/dense.png", "c/target.png"]
     assert dense_only[0].score == pytest.approx(1.0)
     # The RRF constant changes the scores, not this order.
-    assert hybrid_idx.search(QUERY, k=1, hybrid=True, rrf_k=1)[0].score == pytest.approx(2 / 3)
+    assert hybrid_idx.search(QUERY, k=1, hybrid=True, fusion="rrf", rrf_k=1)[
+        0
+    ].score == pytest.approx(2 / 3)
 
 
 def test_hybrid_reads_path_words_and_keeps_filters(hybrid_idx: xretrieve.Index) -> None:

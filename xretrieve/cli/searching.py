@@ -111,7 +111,7 @@ def search_cmd(
     hybrid: Annotated[
         bool, typer.Option("--hybrid", help="Fuse with BM25 over captions and path words.")
     ] = False,
-    fusion: Annotated[str, typer.Option(help="Hybrid fusion: rrf or convex.")] = "rrf",
+    fusion: Annotated[str, typer.Option(help="Hybrid fusion: convex or rrf.")] = "convex",
     rrf_k: Annotated[int, typer.Option("--rrf-k", help="RRF constant: 1/(k + rank).")] = 60,
     alpha: Annotated[
         float, typer.Option(help="Convex fusion weight of the dense score (0..1).")

@@ -19,8 +19,8 @@ these stages (query/stages.py), each timed in `hits.timings` (milliseconds):
     ann       per-shard FAISS search restricted to the allowed rows (a row selector, or
               exact search over the subset when it is small), merged with a heap
     lexical   BM25 over captions and path words (hybrid only)
-    fusion    reciprocal rank fusion (default, k=60) or a convex combination of
-              min-max-normalised dense and BM25 scores (fusion="convex", alpha)
+    fusion    a convex combination of min-max-normalised dense and BM25 scores (default,
+              alpha=0.5) or reciprocal rank fusion (fusion="rrf", k=60)
     rerank    exact inner products with the stored vectors, then MMR and
               near-duplicate collapse when asked
     metadata  one vectorised take of the result rows per shard

@@ -68,7 +68,8 @@ class SearchRequest(BaseModel):
     offset: int = Field(0, ge=0, description="Hits to skip: the page starts after them.")
     hybrid: bool = Field(False, description="Fuse the dense ranking with BM25 over captions.")
     fusion: Literal["rrf", "convex"] = Field(
-        "rrf", description="How hybrid rankings fuse: reciprocal rank (rrf) or convex."
+        "convex",
+        description="How hybrid rankings fuse: convex (min-max scores) or reciprocal rank (rrf).",
     )
     alpha: float = Field(
         0.5, ge=0.0, le=1.0, description="Convex fusion: weight of the dense score."
