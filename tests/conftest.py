@@ -9,19 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from recipes import QUICK_AUDIO
 
 from xretrieve.encoders import Encoder, load_encoder
 from xretrieve.indexer import IndexOptions, index_folder
-from xretrieve.train.audio import AudioTrainConfig, train_audio
+from xretrieve.train.audio import train_audio
 from xretrieve.train.clip import TrainConfig, train
 from xretrieve.train.world import make_world
 from xretrieve.train.world_audio import add_audio_to_world
 
 TINY = "xr-tiny"
-# Small enough to train in a few seconds; the recipe's architecture is tested in the slow test.
-QUICK_AUDIO = AudioTrainConfig(
-    max_seconds=None, max_steps=3, batch_size=16, channels=(32, 32), hidden=64, pooled_time=4
-)
 
 
 @pytest.fixture(scope="session")

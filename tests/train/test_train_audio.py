@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import QUICK_AUDIO as QUICK
+from recipes import QUICK_AUDIO as QUICK
 
 from xretrieve.encoders import load_encoder
 from xretrieve.encoders.audio_tower import AUDIO_CONFIG_FILE, AUDIO_WEIGHTS_FILE
