@@ -247,3 +247,42 @@ def test_no_field_of_a_faiss_file_makes_faiss_allocate_past_the_limit(
     assert r.returncode == 0, r.stdout + r.stderr
     refused, read = map(int, r.stdout.split())
     assert refused > 10 and read > 0, r.stdout
+
+
+_LEX_TABLE = """
+import pyarrow as pa
+t = pa.table({"caption": pa.array(["a red circle", "a blue square"], pa.string()),
+              "path": ["a.png", "b.png"], "image_path": pa.array([None, None], pa.string()),
+              "modality": ["image", "image"]})
+"""
+
+
+def test_a_crafted_lexical_cache_is_rebuilt_not_allocated(tmp_path: Path) -> None:
+    # The BM25 cache lives inside the index: a planted .npy whose header claims 2**33 floats
+    # must be refused by its size (then the cache is rebuilt), never handed to numpy.
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from xretrieve.query.lexical import open_lexical
+
+    scope: dict[str, object] = {}
+    exec(_LEX_TABLE, scope)
+    first = open_lexical(tmp_path, "image", [("k1", scope["t"])])
+    (cache,) = (tmp_path / "lexical").glob("image-*")
+    data = cache / "data.csc.index.npy"
+    with data.open("wb") as f:
+        header = {"descr": "<f4", "fortran_order": False, "shape": (2**33,)}
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(b"\0" * 16)
+    code = (
+        "import resource\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (12 << 30, 12 << 30))\n"  # 2**33 floats: 32 GB
+        + _LEX_TABLE
+        + "from xretrieve.query.lexical import open_lexical\n"
+        + f"print(open_lexical({str(tmp_path)!r}, 'image', [('k1', t)]).n_docs)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == str(first.n_docs), r.stderr
+    assert np.load(data).shape[0] < 100  # the cache was rebuilt whole

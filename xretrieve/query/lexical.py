@@ -31,6 +31,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from xretrieve.errors import IndexCorruptError
+from xretrieve.store.filecheck import check_npy_file
 from xretrieve.store.safety import folder
 
 __all__ = ["LexicalIndex", "document_texts", "open_lexical", "tokenize"]
@@ -174,19 +175,45 @@ def open_lexical(
         try:
             docs = json.loads((target / _DOCS).read_text(encoding="utf-8"))
             if docs.get("format_version") == FORMAT_VERSION and tuple(docs["shards"]) == files:
+                _check_cache_arrays(target)
                 retriever = (
                     bm25s.BM25.load(str(target), show_progress=False)
                     if offsets[-1]
                     else bm25s.BM25()
                 )
                 return LexicalIndex(retriever, files, offsets)
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, IndexCorruptError) as e:
             logging.getLogger(__name__).warning("rebuilding lexical cache %s: %s", target, e)
+            # A damaged cache is removed so the rebuilt one can take its name (checked above:
+            # a real folder with a cache's name, not a link).
+            if _CACHE_NAME.fullmatch(target.name) and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
     retriever = _build([t for _, t in shards])
     lex = LexicalIndex(retriever, files, offsets)
     with contextlib.suppress(OSError):  # a read-only index still searches, it just rebuilds
         _save(lex, base, target, modality)
     return lex
+
+
+#: The sparse matrix bm25s saves: each array's file and dtype (all one-dimensional).
+_CACHE_ARRAYS = {
+    "data.csc.index.npy": "float32",
+    "indices.csc.index.npy": "int32",
+    "indptr.csc.index.npy": "int64",
+}
+
+
+def _check_cache_arrays(target: Path) -> None:
+    """`IndexCorruptError` unless the cached arrays hold what their headers claim (a crafted
+    cache could otherwise make numpy allocate whatever its header says); then it is rebuilt."""
+    shapes = {
+        name: check_npy_file(target / name, dtype=dtype, ndim=1, what="lexical cache")
+        for name, dtype in _CACHE_ARRAYS.items()
+        if (target / name).exists()
+    }
+    data, indices = shapes.get("data.csc.index.npy"), shapes.get("indices.csc.index.npy")
+    if data is not None and indices is not None and data != indices:
+        raise IndexCorruptError(f"{target}: index damaged: the lexical cache's arrays disagree")
 
 
 def _refuse_links(index_dir: Path, *folders: str) -> None:
