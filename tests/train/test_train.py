@@ -206,15 +206,16 @@ def test_same_seed_and_steps_give_the_same_weights_whatever_the_clock(
     assert weights_fingerprint(other.model) != first
 
 
-def test_default_threads_are_half_the_cores_the_process_may_use(
+def test_default_threads_are_the_cores_the_process_may_use(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for cores, want in ((range(8), 4), (range(3), 1), (range(1), 1), (range(2), 1)):
+    for cores, want in ((range(8), 8), (range(3), 3), (range(1), 1), (set(), 1)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, c=cores: set(c))
         assert default_threads() == want
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 5})
     before = torch.get_num_threads()
     with torch_threads(None) as n:
-        assert n == 1 and torch.get_num_threads() == 1
+        assert n == 2 and torch.get_num_threads() == 2
     with torch_threads(3) as n:
         assert n == 3 and torch.get_num_threads() == 3
     assert torch.get_num_threads() == before
@@ -263,3 +264,16 @@ def test_the_default_recipe_on_a_step_budget_reaches_the_readme_r5(tmp_path: Pat
 SLOW_STEPS = 500
 SLOW_MIN_R5 = 0.9
 SLOW_MIN_R1 = 0.4
+
+
+def test_importing_xretrieve_makes_openmp_waiters_sleep() -> None:
+    import subprocess
+    import sys
+
+    code = "import os, xretrieve; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert got.stdout.strip() == "PASSIVE", got.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"  # the environment wins
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert got.stdout.strip() == "ACTIVE", got.stderr

@@ -85,8 +85,8 @@ MaxStepsOpt = Annotated[
 TorchThreadsOpt = Annotated[
     int | None,
     typer.Option(
-        help="Torch threads (default: half the cores this process may use; more threads "
-        "than free cores slow training several times; the count changes the weights' last bits)."
+        help="Torch threads (default: every core this process may use; waiting threads "
+        "sleep, so a busy machine costs little; the count changes the weights' last bits)."
     ),
 ]
 LrOpt = Annotated[float | None, typer.Option(help="Peak learning rate.")]

@@ -59,18 +59,19 @@ def check_schedule(config: Any) -> None:
 
 
 def default_threads() -> int:
-    """Torch threads for training: half the cores this process may run on, at least one.
+    """Torch threads for training: every core this process may run on.
 
-    Measured on 2 cores (scripts/bench_train.py): with other work running, 2 intra-op threads
-    ran 4-5x slower than 1, because every parallel op waits for its slowest thread and a
-    thread sharing its core with another process is the slowest; half the cores leaves room
-    for the rest of the machine. It depends on the CPU set only, never on the load.
+    Measured on 2 cores (scripts/bench_train.py, quiet machine): 2 threads ran 1.89x the
+    speed of 1 alone but 0.27x beside one busy process, because OpenMP's waiting threads
+    spin and take the core from the thread that shares it. With waiting threads asleep
+    (OMP_WAIT_POLICY=PASSIVE, which `import xretrieve` sets unless the environment says
+    otherwise) 2 threads kept 1.55x alone and matched 1 thread beside the busy process.
+    The count depends on the CPU set only, never on the load.
     """
     try:
-        cores = len(os.sched_getaffinity(0))
+        return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // 2)
+        return max(1, os.cpu_count() or 1)
 
 
 @contextmanager
