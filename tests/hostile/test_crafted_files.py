@@ -286,3 +286,43 @@ def test_a_crafted_lexical_cache_is_rebuilt_not_allocated(tmp_path: Path) -> Non
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == str(first.n_docs), r.stderr
     assert np.load(data).shape[0] < 100  # the cache was rebuilt whole
+
+
+def test_a_parquet_bomb_or_lying_footer_is_refused_before_pyarrow_reads_it(
+    sandbox: Sandbox, built_index: Path
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from xretrieve.store.filecheck import check_parquet_file
+
+    # 100 MB of text that zstd keeps in a few KB: refused by the footer's own claim.
+    bomb = sandbox.work / "bomb.parquet"
+    rows = 1_000_000
+    table = pa.table({"caption": pa.array(["a" * 100] * rows)})
+    pq.write_table(table, bomb, compression="zstd", use_dictionary=False)
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(IndexCorruptError, match="decompressed bytes") as e:
+        check_parquet_file(bomb, rows=rows)
+    assert "\n" not in str(e.value)
+    with pytest.raises(IndexCorruptError, match="manifest says 5"):
+        check_parquet_file(bomb, rows=5)
+
+    # A shard whose metadata file's footer claims more bytes than the file has.
+    idx = _copy_index(built_index, sandbox.work / "idx")
+    meta = (
+        idx
+        / "shards"
+        / json.loads((idx / "manifest.json").read_text())["shards"][0]["meta_file"]["name"]
+    )
+    data = bytearray(meta.read_bytes())
+    data[-8:-4] = (len(data) * 4).to_bytes(4, "little")
+    _replace_file(idx, "meta_file", bytes(data))
+    r = _read_in_subprocess(
+        "from xretrieve import store\n"
+        "m = store.read_manifest(sys.argv[1])\n"
+        "store.read_metadata(sys.argv[1], m.shards[0])",
+        idx,
+    )
+    assert r.returncode == 5, r.stderr
+    assert "footer claims" in one_line(r.stdout)

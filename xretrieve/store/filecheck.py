@@ -32,7 +32,14 @@ import numpy as np
 
 from xretrieve.errors import IndexCorruptError
 
-__all__ = ["MAX_DIM", "MAX_ROWS", "FaissHeader", "check_faiss_file", "check_npy_file"]
+__all__ = [
+    "MAX_DIM",
+    "MAX_ROWS",
+    "FaissHeader",
+    "check_faiss_file",
+    "check_npy_file",
+    "check_parquet_file",
+]
 
 #: Largest vector dimension an index may hold.
 MAX_DIM = 65_536
@@ -332,3 +339,48 @@ def check_npy_file(
     except (OSError, ValueError, EOFError) as e:
         raise IndexCorruptError(f"{p}: index damaged: the {what}: not a readable .npy ({e})") from e
     return tuple(int(n) for n in got_shape)
+
+
+#: Metadata decompresses to at most this many times its file size, plus a slack (captions and
+#: paths compress well, but not 64-fold).
+PARQUET_MAX_EXPANSION = 64
+_PARQUET_SLACK = 16 << 20
+
+
+def check_parquet_file(path: str | os.PathLike[str], *, rows: int, what: str = "metadata") -> None:
+    """`IndexCorruptError` unless a Parquet file's footer claims what its bytes can hold.
+
+    Only the footer is read (its length is checked against the file first): `rows` rows as
+    the manifest says, and decompressed column chunks within `PARQUET_MAX_EXPANSION` times
+    the file's size, so that pyarrow never sizes buffers from a crafted claim.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            if size < 12:
+                raise _Damaged("too short to be Parquet")
+            f.seek(size - 8)
+            tail = f.read(8)
+        footer = int.from_bytes(tail[:4], "little")
+        if tail[4:] != b"PAR1" or footer > size - 12:
+            raise _Damaged(f"its footer claims {footer} bytes in a {size}-byte file")
+        meta = pq.read_metadata(p)
+        if meta.num_rows != rows:
+            raise _Damaged(f"holds {meta.num_rows} rows, the manifest says {rows}")
+        claimed = sum(
+            meta.row_group(g).column(c).total_uncompressed_size
+            for g in range(meta.num_row_groups)
+            for c in range(meta.num_columns)
+        )
+        if claimed > PARQUET_MAX_EXPANSION * size + _PARQUET_SLACK:
+            raise _Damaged(f"claims {claimed} decompressed bytes from {size} bytes")
+    except _Damaged as e:
+        raise IndexCorruptError(f"{p}: index damaged: the {what}: {e}") from e
+    except (OSError, pa.ArrowException) as e:
+        raise IndexCorruptError(
+            f"{p}: index damaged: the {what}: not readable Parquet ({e})"
+        ) from e

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from xretrieve._types import Ids
 from xretrieve.errors import IndexCorruptError, IndexStoreError, ShardMissingError
 from xretrieve.store import ann
-from xretrieve.store.filecheck import check_npy_file
+from xretrieve.store.filecheck import check_npy_file, check_parquet_file
 from xretrieve.store.manifest import (
     READERS_DIR,
     SHARDS_DIR,
@@ -187,6 +187,7 @@ def read_metadata(
 ) -> pa.Table:
     """One shard's metadata table (only `columns` when given), without loading its vectors."""
     meta_path = _shard_file(index_dir, info.meta_file, verify=False)
+    check_parquet_file(meta_path, rows=info.rows)
     try:
         if columns is None:
             return upgrade_metadata(pq.read_table(meta_path))
