@@ -103,16 +103,11 @@ def api_router(service: Service) -> APIRouter:
     async def indexes() -> JSONResponse:
         return JSONResponse({"indexes": [service.generation(n).describe() for n in service.names]})
 
-    @router.post(
-        "/search",
-        response_model=SearchResponse,
-        summary="Search an index (text, uploaded image, item id, or a mix)",
-        openapi_extra=request_body_doc("SearchRequest", "An image to search with."),
-    )
-    async def search(request: Request) -> JSONResponse:
+    async def ranked(request: Request, model: Any, run: Any) -> JSONResponse:
+        """Read a search or caption request, run it on the pool, answer with its timings."""
         t0 = time.perf_counter()
         req, data = await read_request(
-            request, SearchRequest, json_cap=cfg.max_json_bytes, upload_cap=cfg.max_upload_bytes
+            request, model, json_cap=cfg.max_json_bytes, upload_cap=cfg.max_upload_bytes
         )
         gen = service.generation(req.index)
 
@@ -121,12 +116,22 @@ def api_router(service: Service) -> APIRouter:
             if data is not None:
                 size = gen.index.encoder.spec.image_size
                 image = decode_upload(data, max_pixels=cfg.max_pixels, target_size=size)
-            return run_search(gen, req, image=image, config=cfg)
+            out: dict[str, Any] = run(gen, req, image=image, config=cfg)
+            return out
 
         out, waited = await pool.run(work)
         out["timings"]["queue"] = waited * 1000.0
         out["timings"]["total"] = (time.perf_counter() - t0) * 1000.0
         return JSONResponse(out)
+
+    @router.post(
+        "/search",
+        response_model=SearchResponse,
+        summary="Search an index (text, uploaded image, item id, or a mix)",
+        openapi_extra=request_body_doc("SearchRequest", "An image to search with."),
+    )
+    async def search(request: Request) -> JSONResponse:
+        return await ranked(request, SearchRequest, run_search)
 
     @router.post(
         "/caption",
@@ -135,23 +140,7 @@ def api_router(service: Service) -> APIRouter:
         openapi_extra=request_body_doc("CaptionRequest", "An image to caption."),
     )
     async def caption(request: Request) -> JSONResponse:
-        t0 = time.perf_counter()
-        req, data = await read_request(
-            request, CaptionRequest, json_cap=cfg.max_json_bytes, upload_cap=cfg.max_upload_bytes
-        )
-        gen = service.generation(req.index)
-
-        def work() -> dict[str, Any]:
-            image = None
-            if data is not None:
-                size = gen.index.encoder.spec.image_size
-                image = decode_upload(data, max_pixels=cfg.max_pixels, target_size=size)
-            return run_caption(gen, req, image=image, config=cfg)
-
-        out, waited = await pool.run(work)
-        out["timings"]["queue"] = waited * 1000.0
-        out["timings"]["total"] = (time.perf_counter() - t0) * 1000.0
-        return JSONResponse(out)
+        return await ranked(request, CaptionRequest, run_caption)
 
     @router.get("/items/{item_id}", response_model=ItemResponse, summary="One item's metadata")
     async def item(item_id: ItemParam, index: IndexParam = None) -> JSONResponse:
