@@ -115,11 +115,17 @@ def train_cmd(
         return
     out.print(
         f"trained {report.config.model} on {report.n_images} images / {report.n_captions} captions: "
-        f"{report.steps} steps ({report.epochs:.1f} epochs) in {_duration(report.seconds)} "
-        f"({report.load_seconds:.0f}s loading, {report.steps_per_second:.2f} steps/s on "
-        f"{report.threads} torch thread{'s' if report.threads > 1 else ''}), "
-        f"final loss {report.final_loss:.3f} -> {out_dir}",
+        f"{_pace(report)}, final loss {report.final_loss:.3f} -> {out_dir}",
         highlight=False,
+    )
+
+
+def _pace(report: Any) -> str:
+    """Steps, epochs, time, loading, steps/s and threads of a training report, in words."""
+    threads = f"{report.threads} torch thread{'s' if report.threads > 1 else ''}"
+    return (
+        f"{report.steps} steps ({report.epochs:.1f} epochs) in {_duration(report.seconds)} "
+        f"({report.load_seconds:.0f}s loading, {report.steps_per_second:.2f} steps/s on {threads})"
     )
 
 
@@ -329,10 +335,7 @@ def train_audio_cmd(
         return
     out.print(
         f"trained an audio tower on {report.n_sounds} sounds ({report.n_captions} captions, "
-        f"{report.n_images} images): {report.steps} steps ({report.epochs:.1f} epochs) in "
-        f"{_duration(report.seconds)} ({report.load_seconds:.0f}s loading, "
-        f"{report.steps_per_second:.2f} steps/s on {report.threads} torch "
-        f"thread{'s' if report.threads > 1 else ''}), final loss {report.final_loss:.3f} "
+        f"{report.n_images} images): {_pace(report)}, final loss {report.final_loss:.3f} "
         f"-> {model_dir}",
         highlight=False,
     )
