@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from clap_checkpoint import build_tiny_clap, world_words
 from recipes import QUICK_AUDIO
 
 from xretrieve.encoders import Encoder, load_encoder
 from xretrieve.indexer import IndexOptions, index_folder
 from xretrieve.train.audio import train_audio
+from xretrieve.train.clap_fit import ClapReport, add_clap
 from xretrieve.train.clip import TrainConfig, train
 from xretrieve.train.world import make_world
 from xretrieve.train.world_audio import add_audio_to_world
@@ -107,3 +109,18 @@ def audio_model(
     shutil.copytree(base_model, out)
     train_audio(out, audio_world, config=QUICK_AUDIO)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_clap(audio_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_clap(tmp_path_factory.mktemp("clap") / "clap", world_words(audio_world))
+
+
+@pytest.fixture(scope="module")
+def clap_model(
+    base_model: Path, audio_world: Path, tiny_clap: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, ClapReport]:
+    """`base_model` plus the CLAP adapter fitted on the world's training captions."""
+    folder = tmp_path_factory.mktemp("clapmodel") / "model"
+    shutil.copytree(base_model, folder)
+    return folder, add_clap(folder, tiny_clap, world=audio_world)

@@ -28,21 +28,6 @@ from xretrieve.indexer import IndexOptions, index_folder
 from xretrieve.train.clap_fit import ClapReport, add_clap
 
 
-@pytest.fixture(scope="session")
-def tiny_clap(audio_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_clap(tmp_path_factory.mktemp("clap") / "clap", world_words(audio_world))
-
-
-@pytest.fixture(scope="module")
-def clap_model(
-    base_model: Path, audio_world: Path, tiny_clap: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, ClapReport]:
-    """`base_model` plus the CLAP adapter fitted on the world's training captions."""
-    folder = tmp_path_factory.mktemp("clapmodel") / "model"
-    shutil.copytree(base_model, folder)
-    return folder, add_clap(folder, tiny_clap, world=audio_world)
-
-
 def _digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clap_checkpoint import build_tiny_clap, world_words
 
 from xretrieve.encoders import load_encoder
 from xretrieve.encoders.audio_tower import AUDIO_CONFIG_FILE
@@ -30,21 +29,6 @@ from xretrieve.train.clap_fit import (
     fit_ridge,
     fit_statistics,
 )
-
-
-@pytest.fixture(scope="session")
-def tiny_clap(audio_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_clap(tmp_path_factory.mktemp("clap") / "clap", world_words(audio_world))
-
-
-@pytest.fixture(scope="module")
-def clap_model(
-    base_model: Path, audio_world: Path, tiny_clap: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, ClapReport]:
-    """`base_model` plus the CLAP adapter fitted on the world's training captions."""
-    folder = tmp_path_factory.mktemp("clapmodel") / "model"
-    shutil.copytree(base_model, folder)
-    return folder, add_clap(folder, tiny_clap, world=audio_world)
 
 
 def test_fit_ridge_recovers_an_exact_map_and_shrinks_with_ridge() -> None:
