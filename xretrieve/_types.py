@@ -14,3 +14,6 @@ Ids = npt.NDArray[np.int64]
 
 Modality = Literal["image", "text", "audio"]
 MODALITIES: tuple[Modality, ...] = ("image", "text", "audio")
+
+#: How an encoder computes vectors (`xretrieve.encoders.spec`); ``fp32`` is the reference.
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")

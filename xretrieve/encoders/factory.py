@@ -25,17 +25,23 @@ import socket
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from xretrieve.encoders.encoder import Encoder, ModelSpec, weights_fingerprint
+from xretrieve.encoders.sources import forget_spec, note_config, recall_spec, remember_spec
+from xretrieve.encoders.spec import EncoderLike, ModelSpec, check_precision
 from xretrieve.encoders.weights import LOAD_ERRORS, WEIGHT_FILES, check_weights_file, load_error
 from xretrieve.errors import InputError, ModelError, ModelUnavailableError
+
+if TYPE_CHECKING:
+    import torch
+
+    from xretrieve.encoders.encoder import Encoder
 
 __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_PRETRAINED",
+    "LazyEncoder",
+    "build_torch_encoder",
     "list_models",
     "load_encoder",
     "register_model_config",
@@ -69,6 +75,8 @@ def register_model_config(path: str | os.PathLike[str]) -> list[str]:
     before = set(open_clip.list_models())
     open_clip.add_model_config(p)
     added = sorted(set(open_clip.list_models()) - before)
+    for name in added if p.is_dir() else [p.stem]:
+        note_config(name, p / f"{name}.json" if p.is_dir() else p)
     if not added and p.is_file() and p.stem not in before:
         raise InputError(
             f"{p} is not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)"
@@ -86,6 +94,8 @@ def list_models() -> list[str]:
 
 def resolve_device(device: str = "auto") -> torch.device:
     """The one CPU/GPU switch for encoders: ``auto`` takes CUDA when torch sees a GPU."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
@@ -201,12 +211,110 @@ def load_encoder(
     device: str = "auto",
     batch_size: int = 32,
     audio: bool = True,
-) -> Encoder:
-    """Build an `Encoder` from an architecture + weights, or from a model folder.
+    precision: str = "fp32",
+    threads: int | None = None,
+    lazy: bool = False,
+) -> Any:
+    """Build an encoder from an architecture + weights, or from a model folder.
 
-    ``audio=False`` leaves out a folder's audio tower (for writers that replace it).
+    ``precision`` (`spec.PRECISIONS`) picks the runtime: ``fp32`` (and ``fp16``/``bf16`` on a
+    CUDA GPU) is torch and returns an `Encoder`; ``bf16`` and ``int8`` on the CPU return a
+    `ConvertedEncoder` (OpenVINO), which needs no torch once its towers are converted.
+    ``threads`` sets OpenVINO's inference threads (default: every core). ``lazy=True`` gives,
+    when this source's spec is remembered, an encoder that loads the model only when it
+    first encodes something. ``audio=False`` leaves out a folder's audio tower.
+    """
+    runtime = check_precision(precision, device)
+    if runtime == "openvino":
+        from xretrieve.encoders.converted import ConvertedEncoder
+
+        spec = recall_spec(model, pretrained, audio=audio)
+        donor = None
+        if spec is None:
+            donor = build_torch_encoder(
+                model, pretrained=pretrained, device="cpu", batch_size=batch_size, audio=audio
+            )
+            spec = donor.spec
+        return ConvertedEncoder(
+            model=model,
+            pretrained=pretrained,
+            spec=replace(spec, precision=precision),
+            batch_size=batch_size,
+            threads=threads,
+            audio=audio,
+            torch_encoder=donor,
+        )
+
+    def build() -> Encoder:
+        return build_torch_encoder(
+            model,
+            pretrained=pretrained,
+            device=device,
+            batch_size=batch_size,
+            audio=audio,
+            precision=precision,
+        )
+
+    spec = recall_spec(model, pretrained, audio=audio) if lazy else None
+    if spec is not None:
+        return LazyEncoder(replace(spec, precision=precision), build, (model, pretrained, audio))
+    return build()
+
+
+class LazyEncoder:
+    """An encoder known by its remembered spec, loaded when first used for anything else.
+
+    An unchanged re-index asks only for the spec, and so never loads the model.
+    """
+
+    def __init__(self, spec: ModelSpec, build: Any, source: tuple[str, str | None, bool]) -> None:
+        self.spec = spec
+        self._build = build
+        self._source = source
+        self._loaded: EncoderLike | None = None
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def _get(self) -> EncoderLike:
+        if self._loaded is None:
+            enc = self._build()
+            if enc.spec.fingerprint != self.spec.fingerprint:
+                model, pretrained, audio = self._source
+                forget_spec(model, pretrained, audio=audio)
+                raise ModelError(
+                    f"the weights of {model} changed while in use (fingerprint "
+                    f"{enc.spec.fingerprint}, expected {self.spec.fingerprint}); run again"
+                )
+            self._loaded = enc
+        return self._loaded
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._get(), name)
+
+
+def build_torch_encoder(
+    model: str = DEFAULT_MODEL,
+    *,
+    pretrained: str | None = DEFAULT_PRETRAINED,
+    device: str = "auto",
+    batch_size: int = 32,
+    audio: bool = True,
+    precision: str = "fp32",
+) -> Encoder:
+    """Build a torch `Encoder` from an architecture + weights, or from a model folder.
+
+    ``audio=False`` leaves out a folder's audio tower (for writers that replace it). The
+    model's spec is remembered for its source (`sources`), so a later run can check an index
+    against it without loading the model.
     """
     import open_clip
+    import torch
+
+    from xretrieve.encoders.encoder import Encoder, weights_fingerprint
 
     name, weights = _resolve_source(str(model), pretrained)
     dev = resolve_device(device)
@@ -247,8 +355,16 @@ def load_encoder(
                 folder, base_fingerprint=spec.fingerprint, device=dev
             )
             spec = replace(spec, towers=(*spec.towers, "audio"), audio_fingerprint=audio_fp)
+    remember_spec(model, pretrained, spec, audio=audio)
     return Encoder(
-        net, preprocess, tokenizer, spec, device=dev, batch_size=batch_size, audio_tower=audio_tower
+        net,
+        preprocess,
+        tokenizer,
+        replace(spec, precision=precision),
+        device=dev,
+        batch_size=batch_size,
+        audio_tower=audio_tower,
+        precision=precision,
     )
 
 

@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from xretrieve._types import MODALITIES
+from xretrieve._types import MODALITIES, PRECISIONS
 from xretrieve.errors import IndexCorruptError
 from xretrieve.store.filecheck import MAX_DIM, MAX_ROWS
 from xretrieve.store.safety import check_shard_file, check_shard_name
@@ -206,6 +206,8 @@ def _validate(d: object) -> None:
     model = _mapping(top["model"], "model")
     for key in ("name", "fingerprint"):
         _str(model.get(key), f"model.{key}", max_len=512)
+    if model.get("precision", "fp32") not in PRECISIONS:
+        raise _Bad("model.precision", f"expected one of {', '.join(PRECISIONS)}")
     _int(top["dim"], "dim", 1, MAX_DIM)
     if top["metric"] != "inner_product":
         raise _Bad("metric", "expected inner_product")
