@@ -6,9 +6,14 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Remembered model specs and converted towers go to a cache of this run's own (subprocesses
+# inherit it), never the user's: a test must not pass because an earlier run left a file.
+os.environ.setdefault("XRETRIEVE_CACHE", tempfile.mkdtemp(prefix="xretrieve-test-cache-"))
 from clap_checkpoint import build_tiny_clap, world_words
 from recipes import QUICK_AUDIO
 

@@ -62,6 +62,14 @@ PretrainedOpt = Annotated[
         "or a local checkpoint file; 'none' for random init.",
     ),
 ]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="fp32 (torch), bf16 (OpenVINO on the CPU, autocast on a GPU), int8 (OpenVINO, "
+        "CPU) or fp16 (GPU). Default: the index's own (fp32 for a new index).",
+    ),
+]
 ModelConfigOpt = Annotated[
     list[Path] | None,
     typer.Option("--model-config", help="Register an open_clip model config JSON (repeatable)."),
@@ -137,6 +145,10 @@ HINTS: tuple[tuple[type[XRetrieveError], str, str], ...] = (
         "see `xretrieve models`; --model-config FILE registers a config",
     ),
     (InputError, "no CUDA GPU", "--device cpu"),
+    (InputError, "runs on a CUDA GPU", "--precision bf16 or int8 on the CPU"),
+    (InputError, "runs on the CPU", "--device cpu"),
+    (InputError, "add to it in", "--precision names the index's own; --full rebuilds it"),
+    (ModelUnavailableError, "fast extra", "pip install 'xretrieve[fast]', or --precision fp32"),
     (InputError, "caption column", "--column names it"),
     (InputError, "holds the captions", "--column names it"),
     (FolderError, "add_audio_to_world", "`xretrieve make-world --audio` makes a world with sounds"),
@@ -168,12 +180,27 @@ def register(configs: list[Path] | None) -> None:
         register_model_config(c)
 
 
-def make_encoder(model: str | None, pretrained: str | None, device: str) -> Any:
-    from xretrieve.encoders import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_encoder
+def make_encoder(
+    model: str | None,
+    pretrained: str | None,
+    device: str,
+    *,
+    precision: str | None = None,
+    threads: int | None = None,
+    lazy: bool = False,
+) -> Any:
+    from xretrieve.encoders.factory import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_encoder
 
     if model is None:
         model, pretrained = DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED
-    return load_encoder(model, pretrained=pretrained, device=device)
+    return load_encoder(
+        model,
+        pretrained=pretrained,
+        device=device,
+        precision=precision or "fp32",
+        threads=threads,
+        lazy=lazy,
+    )
 
 
 def print_json(obj: Any) -> None:

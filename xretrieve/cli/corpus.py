@@ -16,9 +16,11 @@ from xretrieve.cli._app import (
     JsonOpt,
     ModelConfigOpt,
     ModelOpt,
+    PrecisionOpt,
     PretrainedOpt,
     app,
     fail,
+    make_encoder,
     out,
     print_json,
     register,
@@ -44,10 +46,12 @@ def add_captions_cmd(
     pretrained: PretrainedOpt = None,
     model_config: ModelConfigOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
     threads: Annotated[
         int | None,
         typer.Option(
-            help="Torch threads for encoding (small models on busy machines: 1 is often fastest)."
+            help="Encoder threads, torch or OpenVINO (small models on busy machines: 1 is "
+            "often fastest)."
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -59,20 +63,21 @@ def add_captions_cmd(
     """
     from tqdm import tqdm
 
-    from xretrieve.encoders import load_encoder
     from xretrieve.indexer.corpus import add_captions
     from xretrieve.store import read_manifest
 
     try:
         register(model_config)
-        if threads is not None:
+        if threads is not None and (precision or "fp32") not in ("bf16", "int8"):
             import torch
 
             torch.set_num_threads(max(1, threads))
-        if model is None:
+        if model is None or (precision is None and (index / "manifest.json").is_file()):
             built = read_manifest(index).model
-            model, pretrained = built["name"], built.get("pretrained")
-        enc = load_encoder(model, pretrained=pretrained, device=device)
+            if model is None:
+                model, pretrained = built["name"], built.get("pretrained")
+            precision = precision or str(built.get("precision") or "fp32")
+        enc = make_encoder(model, pretrained, device, precision=precision, threads=threads)
         with tqdm(
             unit="captions", disable=quiet or as_json or not sys.stderr.isatty(), leave=False
         ) as bar:

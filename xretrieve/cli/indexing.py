@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -17,6 +18,7 @@ from xretrieve.cli._app import (
     JsonOpt,
     ModelConfigOpt,
     ModelOpt,
+    PrecisionOpt,
     PretrainedOpt,
     app,
     err,
@@ -37,6 +39,7 @@ def index_cmd(
     pretrained: PretrainedOpt = None,
     model_config: ModelConfigOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
     batch_size: Annotated[
         int, typer.Option(min=1, max=65_536, help="Images per encoder batch.")
     ] = 32,
@@ -67,7 +70,14 @@ def index_cmd(
     ] = 4096,
     torch_threads: Annotated[
         int | None,
-        typer.Option(min=1, max=1024, help="Encoder threads (default: torch's own choice)."),
+        typer.Option(
+            "--torch-threads",
+            "--threads",
+            min=1,
+            max=1024,
+            help="Encoder threads, torch or OpenVINO (default: torch's choice; OpenVINO: "
+            "every core).",
+        ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: JsonOpt = False,
@@ -77,12 +87,21 @@ def index_cmd(
 
     try:
         register(model_config)
-        if model is None and not full and (index / "manifest.json").is_file():
+        if (
+            (index / "manifest.json").is_file()
+            and not full
+            and (model is None or precision is None)
+        ):
             from xretrieve.store import read_manifest
 
             built = read_manifest(index).model
-            model, pretrained = built["name"], built.get("pretrained")
-        enc = make_encoder(model, pretrained, device)
+            if model is None:
+                model, pretrained = built["name"], built.get("pretrained")
+            precision = precision or str(built.get("precision") or "fp32")
+        # Lazy: a run that finds nothing to encode never loads the model (its spec is remembered).
+        enc = make_encoder(
+            model, pretrained, device, precision=precision, threads=torch_threads, lazy=True
+        )
         opts = IndexOptions(
             batch_size=batch_size,
             workers=workers,
@@ -131,6 +150,21 @@ def index_cmd(
         )
 
 
+def _precisions(model: dict[str, Any]) -> str:
+    """The vectors' precision, and the converted towers ready for these weights."""
+    from xretrieve.encoders.sources import converted_dir
+
+    built = model.get("precision") or "fp32"
+    ready = ["fp32"]
+    meta = converted_dir(str(model["name"]), str(model["fingerprint"])) / "converted.json"
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        ready += ["bf16", "int8"] if json.loads(meta.read_text()).get("int8") else ["bf16"]
+    return (
+        f"vectors made in {built}; queries run in {built} by default, or in any precision "
+        f"of the same weights (ready without converting: {', '.join(ready)})"
+    )
+
+
 @app.command("info")
 def info_cmd(
     index: Annotated[Path, typer.Argument(help="Index folder.")] = DEFAULT_INDEX,
@@ -162,6 +196,7 @@ def info_cmd(
         f"model    {m.model['name']}  pretrained={m.model.get('pretrained')}  fingerprint={m.model['fingerprint']}",
         highlight=False,
     )
+    out.print(f"precision {_precisions(m.model)}", highlight=False)
     out.print(
         f"vectors  {m.dim} dims, {m.metric}, {m.rows} rows {m.rows_by_modality()}", highlight=False
     )

@@ -16,6 +16,7 @@ from xretrieve.cli._app import (
     JsonOpt,
     ModelConfigOpt,
     ModelOpt,
+    PrecisionOpt,
     PretrainedOpt,
     app,
     err,
@@ -64,11 +65,15 @@ def _term(value: str) -> Any:
     return p if p.is_file() else value
 
 
-def _open_index(index: Path, *, model: str | None, pretrained: str | None, device: str) -> Index:
+def _open_index(
+    index: Path, *, model: str | None, pretrained: str | None, device: str, precision: str | None
+) -> Index:
     from xretrieve.query import open_index
 
     try:
-        return open_index(index, model=model, pretrained=pretrained, device=device)
+        return open_index(
+            index, model=model, pretrained=pretrained, device=device, precision=precision
+        )
     except ModelUnavailableError as e:
         raise ModelUnavailableError(f"{e} (--model names another copy)") from e
 
@@ -131,6 +136,7 @@ def search_cmd(
     pretrained: PretrainedOpt = None,
     model_config: ModelConfigOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
     as_json: JsonOpt = False,
     paths: Annotated[
         bool, typer.Option("--paths", help="Print only absolute paths, one a line.")
@@ -169,7 +175,9 @@ def search_cmd(
             mmr=mmr,
             dedup=dedup,
         ).validate()  # before the model loads: a bad option fails fast
-        idx = _open_index(index, model=model, pretrained=pretrained, device=device)
+        idx = _open_index(
+            index, model=model, pretrained=pretrained, device=device, precision=precision
+        )
         hits = idx.search(
             texts,
             image=images,
@@ -217,13 +225,16 @@ def caption_cmd(
     pretrained: PretrainedOpt = None,
     model_config: ModelConfigOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
     as_json: JsonOpt = False,
     explain: ExplainOpt = False,
 ) -> None:
     """Find the indexed captions (sidecars and caption corpora) nearest to IMAGE."""
     try:
         register(model_config)
-        idx = _open_index(index, model=model, pretrained=pretrained, device=device)
+        idx = _open_index(
+            index, model=model, pretrained=pretrained, device=device, precision=precision
+        )
         hits = idx.caption(image, k=k, where=where, dedup=dedup)
     except XRetrieveError as e:
         fail(e)

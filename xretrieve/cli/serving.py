@@ -9,7 +9,16 @@ from typing import Annotated
 
 import typer
 
-from xretrieve.cli._app import DEFAULT_INDEX, DeviceOpt, ModelConfigOpt, app, err, fail, register
+from xretrieve.cli._app import (
+    DEFAULT_INDEX,
+    DeviceOpt,
+    ModelConfigOpt,
+    PrecisionOpt,
+    app,
+    err,
+    fail,
+    register,
+)
 from xretrieve.errors import InputError, XRetrieveError
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -78,6 +87,7 @@ def serve_cmd(
         bool, typer.Option("--access-log", help="Log every request (URLs may hold a token).")
     ] = False,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
     model_config: ModelConfigOpt = None,
 ) -> None:
     """Serve indexes over HTTP: a JSON API (docs at /docs) and a search page at /."""
@@ -106,6 +116,7 @@ def serve_cmd(
             max_k=max_k,
             cors=tuple(cors or ()),
             device=device,
+            precision=precision,
             refresh_interval=refresh,
         ).validate()
         web = create_app(config)  # opens the indexes and loads their models now

@@ -16,6 +16,7 @@ from xretrieve.cli._app import (
     MaxSecondsOpt,
     MaxStepsOpt,
     ModelConfigOpt,
+    PrecisionOpt,
     PretrainedOpt,
     SeedOpt,
     TorchThreadsOpt,
@@ -179,6 +180,7 @@ def eval_cmd(
     ] = None,
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -195,14 +197,26 @@ def eval_cmd(
     try:
         if index is not None:
             _eval_index(
-                index, model, world, data, split, images, pretrained, device, quiet, as_json
+                index,
+                model,
+                world,
+                data,
+                split,
+                images,
+                pretrained,
+                device,
+                quiet,
+                as_json,
+                precision=precision,
             )
             return
         if (world is None) == (data is None):
             raise InputError("give one of --world DIR or --data PATH")
         if world is not None and images is not None:
             raise InputError("--images applies to --data only")
-        enc = load_encoder(model, pretrained=pretrained, device=device)
+        enc = load_encoder(
+            model, pretrained=pretrained, device=device, precision=precision or "fp32"
+        )
         reports: list[Any] = []
         if data is not None:
             from xretrieve.train.datasets import load_eval_set
@@ -243,6 +257,8 @@ def _eval_index(
     device: str,
     quiet: bool,
     as_json: bool,
+    *,
+    precision: str | None = None,
 ) -> None:
     """`eval --index`: R@K through a built index beside exact search, printed."""
     from xretrieve.query import open_index
@@ -255,7 +271,9 @@ def _eval_index(
         from xretrieve.train.datasets import load_eval_set
 
         ds = load_eval_set(data, split=split, images=images)
-    with open_index(index, model=model, pretrained=pretrained, device=device) as idx:
+    with open_index(
+        index, model=model, pretrained=pretrained, device=device, precision=precision
+    ) as idx:
         report = evaluate_index(
             idx, world=world, data=ds, split=split or "test", progress=False if quiet else None
         )

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from xretrieve import store
 from xretrieve._types import Vectors
-from xretrieve.encoders import Encoder, load_encoder
+from xretrieve.encoders import EncoderLike
 from xretrieve.errors import InputError, MediaError
 from xretrieve.media.image import content_hash
 
@@ -262,9 +262,17 @@ def _only_from(index_dir: Path, info: store.ShardInfo, corpus: str) -> bool:
     return bool(paths.null_count == 0 and pc.all(pc.equal(paths, corpus)).as_py())
 
 
-def _encoder_for(index_dir: Path, manifest: store.Manifest, encoder: Encoder | None) -> Encoder:
+def _encoder_for(
+    index_dir: Path, manifest: store.Manifest, encoder: EncoderLike | None
+) -> EncoderLike:
+    from xretrieve.encoders.factory import load_encoder
+
     model = manifest.model
-    enc = encoder or load_encoder(model["name"], pretrained=model.get("pretrained"))
+    enc = encoder or load_encoder(
+        model["name"],
+        pretrained=model.get("pretrained"),
+        precision=str(model.get("precision") or "fp32"),
+    )
     # Captions are text: the audio tower, if any, does not matter.
     store.check_model(manifest, enc.spec.to_dict(), where=index_dir, audio=False)
     return enc
@@ -274,7 +282,7 @@ def add_captions(
     index_dir: str | os.PathLike[str],
     corpus: str | os.PathLike[str],
     *,
-    encoder: Encoder | None = None,
+    encoder: EncoderLike | None = None,
     column: str = "caption",
     batch_size: int = DEFAULT_BATCH,
     max_rows_per_shard: int = 1_000_000,

@@ -26,11 +26,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from xretrieve import store
 from xretrieve._fs import display_path
-from xretrieve.encoders import Encoder
+from xretrieve.encoders import EncoderLike
 from xretrieve.errors import FolderError, InputError
 from xretrieve.indexer import commit, passes
 from xretrieve.indexer.commit import Pending
@@ -113,7 +111,7 @@ class Run:
     generation it builds."""
 
     scan: Scan
-    encoder: Encoder
+    encoder: EncoderLike
     options: IndexOptions
     report: IndexReport
     writer: store.Writer
@@ -174,7 +172,7 @@ def index_folder(
     folder: str | os.PathLike[str],
     index_dir: str | os.PathLike[str],
     *,
-    encoder: Encoder,
+    encoder: EncoderLike,
     options: IndexOptions | None = None,
 ) -> IndexReport:
     """Index every image and caption under `folder` into `index_dir`, committing in batches."""
@@ -187,6 +185,8 @@ def index_folder(
             "no audio and no .txt captions found"
         )
     if opts.torch_threads:
+        import torch
+
         torch.set_num_threads(opts.torch_threads)
     out = Path(index_dir).expanduser()
     report = IndexReport(index=str(out), problems=list(scan.problems))
@@ -215,6 +215,12 @@ def index_folder(
             )
         if previous is not None and not opts.full:
             store.check_model(previous, encoder.spec.to_dict(), where=out)
+            built = str(previous.model.get("precision") or "fp32")
+            if built != encoder.spec.precision:
+                raise InputError(
+                    f"{display_path(out)} holds vectors made in {built}, not "
+                    f"{encoder.spec.precision}: add to it in {built}, or rebuild it whole"
+                )
             known = read_known(out, previous)
         base = [] if (opts.full or previous is None) else list(previous.shards)
         run = Run(

@@ -16,13 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from xretrieve import store
 from xretrieve._fs import display_path, path_bytes
 from xretrieve._threads import bounded_map, default_workers
 from xretrieve._types import Modality, Vectors
-from xretrieve.encoders import Encoder
+from xretrieve.encoders import EncoderLike
 from xretrieve.errors import MediaError
 from xretrieve.indexer import commit
 from xretrieve.indexer.commit import Item
@@ -180,7 +178,13 @@ class Kind:
     encode: Callable[[list[Any]], Vectors]
 
 
-def image_kind(encoder: Encoder) -> Kind:
+def _stack(pixels: list[Any]) -> Any:
+    import torch  # only an image pass needs it: an unchanged re-index never loads torch
+
+    return torch.stack(pixels)
+
+
+def image_kind(encoder: EncoderLike) -> Kind:
     """Images: decoded (drafted to the model's size) and preprocessed in the worker threads."""
     target = encoder.spec.image_size
 
@@ -192,11 +196,11 @@ def image_kind(encoder: Encoder) -> Kind:
         "image",
         lambda scan: scan.images,
         decode,
-        lambda pixels: encoder.encode_pixels(torch.stack(pixels)),
+        lambda pixels: encoder.encode_pixels(_stack(pixels)),
     )
 
 
-def audio_kind(encoder: Encoder) -> Kind:
+def audio_kind(encoder: EncoderLike) -> Kind:
     """Sounds: decoded, resampled and turned into the audio tower's inputs in the workers."""
     from xretrieve.media.audio import decode_audio
 

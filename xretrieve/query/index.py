@@ -42,7 +42,7 @@ import numpy as np
 
 from xretrieve import store
 from xretrieve._types import Ids, Modality, Vectors
-from xretrieve.encoders import Encoder, load_encoder
+from xretrieve.encoders import EncoderLike
 from xretrieve.errors import InputError, ModelUnavailableError
 from xretrieve.query import stages
 from xretrieve.query.filters import Filter, Where, parse_where, shard_may_match
@@ -118,7 +118,7 @@ class Index:
     generation written since the index was opened.
     """
 
-    def __init__(self, path: Path, manifest: store.Manifest, encoder: Encoder) -> None:
+    def __init__(self, path: Path, manifest: store.Manifest, encoder: EncoderLike) -> None:
         self.path = path
         self.encoder = encoder
         # The reader pins this generation's files: the view holds until `refresh()`.
@@ -426,19 +426,28 @@ def open_index(
     model: str | None = None,
     pretrained: str | None = None,
     device: str = "auto",
+    precision: str | None = None,
 ) -> Index:
     """Open an index for search, with the model recorded in it unless `model` is given.
 
     A `model` whose weights differ from those that built the index is refused with
-    `ModelMismatchError`: its vectors would not be comparable.
+    `ModelMismatchError`: its vectors would not be comparable. Queries run in `precision`,
+    by default the one the index's vectors were made in; any precision of the same weights
+    is allowed (same space).
     """
+    from xretrieve.encoders.factory import load_encoder
+
     p = Path(path).expanduser()
     manifest = store.read_manifest(p)
     built_with = manifest.model
+    precision = precision or str(built_with.get("precision") or "fp32")
     if model is None:
         try:
             encoder = load_encoder(
-                built_with["name"], pretrained=built_with.get("pretrained"), device=device
+                built_with["name"],
+                pretrained=built_with.get("pretrained"),
+                device=device,
+                precision=precision,
             )
         except ModelUnavailableError as e:
             raise ModelUnavailableError(
@@ -446,6 +455,6 @@ def open_index(
                 "open it with a `model` that is a copy of that model"
             ) from e
     else:
-        encoder = load_encoder(model, pretrained=pretrained, device=device)
+        encoder = load_encoder(model, pretrained=pretrained, device=device, precision=precision)
     store.check_model(manifest, encoder.spec.to_dict(), where=p)
     return Index(p, manifest, encoder)

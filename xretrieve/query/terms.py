@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from xretrieve._types import Vectors
-from xretrieve.encoders import Encoder
+from xretrieve.encoders import EncoderLike
 from xretrieve.errors import EmptyQueryError, InputError
 from xretrieve.media.audio import AUDIO_EXTS
 from xretrieve.media.image import load_image, to_rgb
@@ -108,7 +108,7 @@ def terms_of(x: Any, kind: Kind) -> list[Term]:
     return [_settle(t, kind) for t in items]
 
 
-def embed_texts(encoder: Encoder, texts: Sequence[str]) -> Vectors:
+def embed_texts(encoder: EncoderLike, texts: Sequence[str]) -> Vectors:
     """Unit vectors of text terms, (n, d); an empty or blank term raises `EmptyQueryError`."""
     for t in texts:
         if not isinstance(t, str) or not t.strip():
@@ -120,7 +120,7 @@ def embed_texts(encoder: Encoder, texts: Sequence[str]) -> Vectors:
     return encoder.encode_texts([t.strip() for t in texts])
 
 
-def embed_images(encoder: Encoder, images: Sequence[ImageQuery]) -> Vectors:
+def embed_images(encoder: EncoderLike, images: Sequence[ImageQuery]) -> Vectors:
     """Unit vectors of images (paths are read and decoded, PIL images converted), (n, d)."""
     pils = [
         to_rgb(im)
@@ -131,12 +131,12 @@ def embed_images(encoder: Encoder, images: Sequence[ImageQuery]) -> Vectors:
     return encoder.encode_images(pils)
 
 
-def embed_sounds(encoder: Encoder, sounds: Sequence[Any]) -> Vectors:
+def embed_sounds(encoder: EncoderLike, sounds: Sequence[Any]) -> Vectors:
     """Unit vectors of sounds (paths, file bytes, (samples, rate) or `AudioTerm`s), (n, d)."""
     return encoder.encode_audio([t.source if isinstance(t, AudioTerm) else t for t in sounds])
 
 
-def embed_terms(encoder: Encoder, terms: Sequence[Term]) -> Vectors:
+def embed_terms(encoder: EncoderLike, terms: Sequence[Term]) -> Vectors:
     """Unit vectors of settled terms, in order: one batch per kind (text, image, audio)."""
     out = np.empty((len(terms), encoder.dim), np.float32)
     texts = [i for i, t in enumerate(terms) if isinstance(t, str)]
@@ -152,7 +152,7 @@ def embed_terms(encoder: Encoder, terms: Sequence[Term]) -> Vectors:
 
 
 def compose_query(
-    encoder: Encoder,
+    encoder: EncoderLike,
     positive: Sequence[Term],
     negative: Sequence[Term] = (),
     *,

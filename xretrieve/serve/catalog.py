@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from xretrieve import store
-from xretrieve.encoders import Encoder
+from xretrieve.encoders import EncoderLike
 from xretrieve.errors import XRetrieveError
 from xretrieve.query import Index, open_index
 from xretrieve.serve.ids import ShardIds, parse_id, shard_key
@@ -141,7 +141,7 @@ class ServedIndex:
     def __init__(self, name: str, index: Index, *, refresh_interval: float) -> None:
         self.name = name
         self.path = index.path
-        self.encoder: Encoder = index.encoder
+        self.encoder: EncoderLike = index.encoder
         self.refresh_interval = refresh_interval
         self._ids: dict[str, ShardIds] = {}
         self._lock = threading.Lock()
@@ -200,17 +200,25 @@ class ServedIndex:
 
 
 def open_served(
-    paths: Mapping[str, Path], *, device: str, refresh_interval: float
+    paths: Mapping[str, Path],
+    *,
+    device: str,
+    refresh_interval: float,
+    precision: str | None = None,
 ) -> dict[str, ServedIndex]:
-    """Open each index, loading each distinct model once."""
-    encoders: dict[tuple[Any, Any], Encoder] = {}
+    """Open each index, loading each distinct model (and precision) once.
+
+    Queries run in `precision`, by default each index's own.
+    """
+    encoders: dict[tuple[Any, Any, Any], EncoderLike] = {}
     out: dict[str, ServedIndex] = {}
     for name, path in paths.items():
         manifest = store.read_manifest(path)
-        key = (manifest.model.get("fingerprint"), manifest.model.get("audio_fingerprint"))
+        want = precision or manifest.model.get("precision") or "fp32"
+        key = (manifest.model.get("fingerprint"), manifest.model.get("audio_fingerprint"), want)
         enc = encoders.get(key)
         if enc is None:
-            index = open_index(path, device=device)
+            index = open_index(path, device=device, precision=want)
             encoders[key] = index.encoder
         else:
             store.check_model(manifest, enc.spec.to_dict(), where=path)

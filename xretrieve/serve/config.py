@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from xretrieve._types import PRECISIONS
 from xretrieve.errors import InputError
 
 __all__ = ["LOOPBACK_HOSTS", "ServeConfig", "index_name"]
@@ -50,6 +51,8 @@ class ServeConfig:
     cors: tuple[str, ...] = ()
     #: Device the query encoders run on: auto, cpu or cuda.
     device: str = "auto"
+    #: Precision the query encoders run in (`PRECISIONS`); None = each index's own.
+    precision: str | None = None
     #: Bytes of JPEG thumbnails kept in memory (least recently used dropped first).
     thumb_cache_bytes: int = 64 << 20
     #: Thumbnail edge bounds in pixels (the `size` query parameter).
@@ -71,6 +74,8 @@ class ServeConfig:
                 raise InputError(
                     f"index name {name!r} must be 1-64 letters, digits, '.', '_' or '-'"
                 )
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise InputError(f"unknown precision {self.precision!r}: use {', '.join(PRECISIONS)}")
         if self.token is not None and len(self.token) < 8:
             raise InputError("the token must be at least 8 characters long")
         for what, value, lo in (

@@ -27,7 +27,10 @@ class Service:
     def __init__(self, config: ServeConfig, served: dict[str, ServedIndex] | None = None):
         self.config = config.validate()
         self.served = served or open_served(
-            config.indexes, device=config.device, refresh_interval=config.refresh_interval
+            config.indexes,
+            device=config.device,
+            precision=config.precision,
+            refresh_interval=config.refresh_interval,
         )
         self.names = list(self.served)
         self.pool = WorkerPool(

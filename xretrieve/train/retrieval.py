@@ -34,7 +34,7 @@ from xretrieve.train.datasets import EvalSet
 from xretrieve.train.evaluate import DEFAULT_KS, EvalReport, _check_ks, chance_from_counts
 
 if TYPE_CHECKING:
-    from xretrieve.encoders import Encoder
+    from xretrieve.encoders import EncoderLike
 
 __all__ = [
     "MAX_BLOCK_SCORES",
@@ -132,7 +132,7 @@ def _bar(total: int, desc: str, unit: str, progress: bool | None) -> Any:
 
 
 def encode_eval_images(
-    encoder: Encoder,
+    encoder: EncoderLike,
     paths: Sequence[Path],
     *,
     workers: int | None = None,
@@ -162,7 +162,7 @@ def encode_eval_images(
 
 
 def encode_eval_texts(
-    encoder: Encoder, captions: Sequence[str], *, progress: bool | None = None
+    encoder: EncoderLike, captions: Sequence[str], *, progress: bool | None = None
 ) -> Vectors:
     """Unit vectors of captions, encoded in batches."""
     out = np.empty((len(captions), encoder.dim), dtype=np.float32)
@@ -175,7 +175,7 @@ def encode_eval_texts(
 
 
 def evaluate_retrieval(
-    encoder: Encoder,
+    encoder: EncoderLike,
     data: EvalSet,
     *,
     ks: Sequence[int] = DEFAULT_KS,
