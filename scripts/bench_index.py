@@ -3,12 +3,18 @@
     .venv/bin/python scripts/bench_index.py                       # 64 photo-like 1 MP JPEGs
     .venv/bin/python scripts/bench_index.py --kind 12mp --images 32
     .venv/bin/python scripts/bench_index.py --model runs/demo/model --pretrained none
+    .venv/bin/python scripts/bench_index.py --precision int8 --workers 1 2 --threads 1 2
 
 Prints: raw encoder forward img/s on already preprocessed pixels; decode ms/image with and
 without JPEG draft mode (one thread); the pipeline ceiling = cores / (decode core-s/img +
 encoder core-s/img); end-to-end `xretrieve` indexing img/s on the same files; and the ratios
 achieved/raw-encoder and achieved/ceiling. Weights do not change speed, so the default is
 ViT-B-32 with random weights (no download needed).
+
+With ``--precision bf16|int8`` the same is measured for that precision's encoder, beside the
+fp32 raw rate of the same model in the same run (the issue's baseline). ``--workers`` and
+``--threads`` take several values: every (decode workers, encoder threads) pair is indexed
+end to end, to choose the defaults.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,13 +81,26 @@ def main() -> None:
     ap.add_argument("--pretrained", default="none")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--keep", type=Path, default=None, help="reuse/keep the generated folder here")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"])
+    ap.add_argument("--workers", type=int, nargs="*", default=[], help="decode threads to try")
+    ap.add_argument("--threads", type=int, nargs="*", default=[], help="encoder threads to try")
     args = ap.parse_args()
 
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(cores)
-    enc = load_encoder(
-        args.model, pretrained=args.pretrained, device="cpu", batch_size=args.batch_size
-    )
+
+    def encoder(precision: str, threads: int | None = None) -> object:
+        return load_encoder(
+            args.model,
+            pretrained=args.pretrained,
+            device="cpu",
+            batch_size=args.batch_size,
+            precision=precision,
+            threads=threads,
+        )
+
+    enc: Any = encoder(args.precision)
+    fp32: Any = enc if args.precision == "fp32" else encoder("fp32")
     target = enc.spec.image_size
 
     work = Path(tempfile.mkdtemp(prefix="xr-bench-"))
@@ -98,10 +118,15 @@ def main() -> None:
     pixels = torch.stack(
         [enc.preprocess(decode_image(f.read_bytes(), target_size=target).image) for f in files]
     )
-    enc.encode_pixels(pixels[: args.batch_size])  # warm-up
-    t0 = time.perf_counter()
-    enc.encode_pixels(pixels)
-    raw = len(files) / (time.perf_counter() - t0)
+
+    def raw_rate(e: Any) -> float:
+        e.encode_pixels(pixels[: args.batch_size])  # warm-up
+        t0 = time.perf_counter()
+        e.encode_pixels(pixels)
+        return len(files) / (time.perf_counter() - t0)
+
+    raw = raw_rate(enc)
+    raw_fp32 = raw if fp32 is enc else raw_rate(fp32)
 
     idx = work / "index"
     t0 = time.perf_counter()
@@ -132,6 +157,32 @@ def main() -> None:
     print(f"end-to-end index img/s     {e2e:8.2f}")
     print(f"ratio e2e / raw encoder    {e2e / raw:8.2f}")
     print(f"ratio e2e / ceiling        {e2e / ceiling:8.2f}")
+    if fp32 is not enc:
+        print(f"precision                  {args.precision}")
+        print(f"fp32 raw encoder img/s     {raw_fp32:8.2f}")
+        print(f"ratio raw / fp32 raw       {raw / raw_fp32:8.2f}")
+        print(f"ratio ceiling / fp32 raw   {ceiling / raw_fp32:8.2f}")
+        print(f"ratio e2e / fp32 raw       {e2e / raw_fp32:8.2f}")
+    if args.workers or args.threads:
+        print("\n| decode workers | encoder threads | end-to-end img/s |\n| --- | --- | --- |")
+        for w in args.workers or [None]:
+            for t in args.threads or [None]:
+                e = encoder(args.precision, t) if args.precision != "fp32" else fp32
+                if args.precision == "fp32":
+                    torch.set_num_threads(t or cores)
+                shutil.rmtree(idx, ignore_errors=True)
+                e.encode_pixels(pixels[:2])  # compile outside the timing
+                t0 = time.perf_counter()
+                r = index_folder(
+                    folder,
+                    idx,
+                    encoder=e,
+                    options=IndexOptions(
+                        batch_size=args.batch_size, progress=False, full=True, workers=w
+                    ),
+                )
+                rate = r.images / (time.perf_counter() - t0)
+                print(f"| {w or 'default'} | {t or 'default'} | {rate:.2f} |")
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
     else:
