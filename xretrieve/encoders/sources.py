@@ -15,6 +15,7 @@ an error, and an unreadable entry is a miss.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -162,4 +163,5 @@ def forget_spec(model: str, pretrained: str | None, *, audio: bool = True) -> No
     """Drop the entry for this source (it named a fingerprint the weights no longer have)."""
     key = source_key(model, pretrained, audio=audio)
     if key is not None:
-        _entry(key).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # an unusable cache holds nothing to forget
+            _entry(key).unlink(missing_ok=True)
