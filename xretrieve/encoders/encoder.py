@@ -2,17 +2,21 @@
 
 `Encoder` holds an open_clip model (image + text towers), its inference preprocessing and
 tokenizer, and optionally an audio tower (`xretrieve.encoders.audio_tower`); every `encode_*`
-returns float32 unit rows, shape (n, dim). `ModelSpec` says which weights made the vectors:
+returns float32 unit rows, shape (n, dim), whatever the precision: ``fp32`` runs as is on any
+device (no autocast at all, so its vectors are the reference, bit for bit); ``fp16`` and
+``bf16`` run the towers under CUDA autocast, on a CUDA device only (the CPU's bf16 and int8
+are OpenVINO's, `xretrieve.encoders.converted`), and their rows are cast to float32 and made
+unit again. `ModelSpec` says which weights made the vectors:
 `weights_fingerprint` is the one hash of a tower's weights, so equal weights give equal
 fingerprints whichever tower they belong to. Models are built by `xretrieve.encoders.load_encoder`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,7 +25,8 @@ import torch
 from PIL import Image
 
 from xretrieve._types import Vectors
-from xretrieve.errors import ModelError
+from xretrieve.encoders.spec import ModelSpec, check_precision
+from xretrieve.errors import InputError, ModelError
 
 if TYPE_CHECKING:
     from xretrieve.encoders.audio_tower import AudioTowerLike
@@ -32,35 +37,8 @@ __all__ = ["AudioItem", "Encoder", "ModelSpec", "weights_fingerprint"]
 #: with samples shaped (frames,) or (frames, channels).
 AudioItem = str | os.PathLike[str] | bytes | tuple[npt.ArrayLike, int]
 
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What identifies a model: how to load it again, and a fingerprint of its weights."""
-
-    name: str
-    pretrained: str | None
-    fingerprint: str
-    dim: int
-    image_size: int
-    context_length: int
-    #: The towers the model has; an audio tower comes from `xretrieve train-audio` or `add-clap`.
-    towers: tuple[str, ...] = ("image", "text")
-    #: Fingerprint of the audio tower's weights, kept apart from `fingerprint` (image + text) so
-    #: that adding or retraining an audio tower leaves image and text vectors valid.
-    audio_fingerprint: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["towers"] = list(self.towers)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
-        optional = {"towers", "audio_fingerprint"}
-        kw = {k: d[k] for k in cls.__dataclass_fields__ if k not in optional or k in d}
-        if "towers" in kw:
-            kw["towers"] = tuple(kw["towers"])
-        return cls(**kw)
+#: The half precisions torch runs under CUDA autocast; fp32 has no entry (no autocast).
+_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def weights_fingerprint(module: torch.nn.Module, *, exclude: Collection[str] = ()) -> str:
@@ -93,7 +71,13 @@ class Encoder:
         device: torch.device,
         batch_size: int = 32,
         audio_tower: AudioTowerLike | None = None,
+        precision: str = "fp32",
     ) -> None:
+        if check_precision(precision, str(device)) != "torch":
+            raise InputError(
+                f"precision {precision} on the CPU runs in OpenVINO, not in this torch encoder: "
+                "load the model through load_encoder, or use fp32"
+            )
         self.model = model
         self.preprocess = preprocess
         self.tokenizer = tokenizer
@@ -101,6 +85,23 @@ class Encoder:
         self.device = device
         self.batch_size = batch_size
         self.audio_tower = audio_tower
+        self.precision = precision
+        #: The dtype the towers autocast to; None (fp32) runs them untouched.
+        self.autocast_dtype: torch.dtype | None = _AUTOCAST_DTYPES.get(precision)
+
+    def tower_context(self) -> contextlib.AbstractContextManager[Any]:
+        """The context every tower runs in: autocast to `autocast_dtype`, or none at all (fp32)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _rows(self, out: torch.Tensor) -> npt.NDArray[np.float32]:
+        """A tower's output as float32 numpy rows; half-precision rows are made unit again."""
+        rows = out.float()
+        if self.autocast_dtype is not None:
+            # Unit in half precision is ~1e-3 off unit in float32: normalise after the cast.
+            rows = torch.nn.functional.normalize(rows, dim=-1)
+        return rows.cpu().numpy()
 
     @property
     def dim(self) -> int:
@@ -118,10 +119,10 @@ class Encoder:
     def encode_pixels(self, pixels: torch.Tensor) -> Vectors:
         """Embed an already preprocessed batch (n, 3, H, W)."""
         out = np.empty((len(pixels), self.dim), dtype=np.float32)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.tower_context():
             for sl in _batches(len(pixels), self.batch_size):
                 x = pixels[sl].to(self.device)
-                out[sl] = self.model.encode_image(x, normalize=True).float().cpu().numpy()  # type: ignore[operator]
+                out[sl] = self._rows(self.model.encode_image(x, normalize=True))  # type: ignore[operator]
         return out
 
     def encode_images(self, images: Sequence[Image.Image]) -> Vectors:
@@ -134,10 +135,10 @@ class Encoder:
     def encode_texts(self, texts: Sequence[str]) -> Vectors:
         """Embed texts into unit vectors, batch by batch."""
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.tower_context():
             for sl in _batches(len(texts), max(self.batch_size, 256)):
                 tokens = self.tokenizer(list(texts[sl])).to(self.device)
-                out[sl] = self.model.encode_text(tokens, normalize=True).float().cpu().numpy()  # type: ignore[operator]
+                out[sl] = self._rows(self.model.encode_text(tokens, normalize=True))  # type: ignore[operator]
         return out
 
     def _require_audio(self) -> AudioTowerLike:
@@ -170,9 +171,9 @@ class Encoder:
         owner = np.repeat(np.arange(len(prepared)), [len(c) for c in prepared])
         stacked = torch.cat(list(prepared))
         emb = np.empty((len(stacked), self.dim), dtype=np.float32)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.tower_context():
             for sl in _batches(len(stacked), self.batch_size):
-                emb[sl] = tower.embed(stacked[sl].to(self.device)).float().cpu().numpy()
+                emb[sl] = self._rows(tower.embed(stacked[sl].to(self.device)))
         sums = np.zeros_like(out)
         np.add.at(sums, owner, emb)
         norms = np.linalg.norm(sums, axis=1, keepdims=True)
