@@ -49,9 +49,15 @@ def save_tokenizer(tokenizer: Any, path: str | os.PathLike[str]) -> bool:
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
-    tk.add_special_tokens(["<start_of_text>", "<end_of_text>"])  # as open_clip's pattern does
     tk.save(str(path))
     return True
+
+
+def _specials() -> Any:
+    import regex
+
+    # open_clip's whole pattern: a special token is one only where a new match starts.
+    return regex.compile("<start_of_text>|<end_of_text>|" + _PATTERN, regex.IGNORECASE)
 
 
 def _clean(text: str) -> str:
@@ -75,10 +81,20 @@ class TextTokenizer:
 
     def __call__(self, texts: list[str]) -> npt.NDArray[np.int64]:
         out = np.zeros((len(texts), self.context_length), dtype=np.int64)
-        for i, enc in enumerate(self._tk.encode_batch([_clean(t) for t in texts])):
-            ids = [self.sot, *enc.ids, self.eot]
+        cleaned = [_clean(t) for t in texts]
+        for i, enc in enumerate(self._tk.encode_batch(cleaned)):
+            body = self._with_specials(cleaned[i]) if "_of_text>" in cleaned[i] else enc.ids
+            ids = [self.sot, *body, self.eot]
             if len(ids) > self.context_length:
                 ids = ids[: self.context_length]
                 ids[-1] = self.eot
             out[i, : len(ids)] = ids
         return out
+
+    def _with_specials(self, text: str) -> list[int]:
+        """Ids of a text that spells out a special token (rare): piece by piece, as open_clip."""
+        special = {"<start_of_text>": self.sot, "<end_of_text>": self.eot}
+        ids: list[int] = []
+        for piece in _specials().findall(text):
+            ids += [special[piece]] if piece in special else self._tk.encode(piece).ids
+        return ids
