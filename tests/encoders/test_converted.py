@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,23 @@ def test_a_lazy_encoder_loads_on_first_use(
     np.testing.assert_allclose(enc.encode_texts(texts), fp32.encode_texts(texts), atol=1e-6)
     enc.encode_texts(texts)
     assert calls == [1]
+
+
+def test_a_lazy_encoder_is_built_once_when_threads_race(
+    fp32: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Decode threads ask for `preprocess` while the main thread encodes; two builds of a
+    # random init would also share torch's seeded generator and get other weights.
+    monkeypatch.setenv("XRETRIEVE_CACHE", str(tmp_path))
+    calls = _counting(monkeypatch)
+    remember_spec(TINY, None, fp32.spec)
+    enc = load_encoder(TINY, pretrained=None, device="cpu", lazy=True)
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda _: enc.preprocess, range(8)))
+    assert calls == [1] and all(g is got[0] for g in got)
+    np.testing.assert_allclose(
+        enc.encode_texts(["a red circle"]), fp32.encode_texts(["a red circle"]), atol=1e-6
+    )
 
 
 def test_a_lazy_encoder_without_a_remembered_spec_loads_now(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -272,12 +273,19 @@ class LazyEncoder:
         self._build = build
         self._source = source
         self._loaded: EncoderLike | None = None
+        # Decode threads ask for `preprocess` while the main thread encodes: one build only
+        # (two would also share torch's seeded generator and make a random init differ).
+        self._lock = threading.Lock()
 
     @property
     def dim(self) -> int:
         return self.spec.dim
 
     def _get(self) -> EncoderLike:
+        with self._lock:
+            return self._load()
+
+    def _load(self) -> EncoderLike:
         if self._loaded is None:
             enc = self._build()
             if enc.spec.fingerprint != self.spec.fingerprint:
