@@ -79,6 +79,24 @@ def index_cmd(
             "every core).",
         ),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="auto|ADDRESS",
+            help="Read, decode and embed the images on a Ray cluster: auto (RAY_ADDRESS, a "
+            "running local cluster, or a new one) or host:port / ray://host:port. Media "
+            "paths must be readable from every worker. Needs the ray extra.",
+        ),
+    ] = None,
+    ray_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=256,
+            help="Encoder actors on the Ray cluster (default: one per GPU, or CPUs / --threads).",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -92,9 +110,15 @@ def index_cmd(
             and not full
             and (model is None or precision is None)
         ):
+            from xretrieve.errors import IndexCorruptError
             from xretrieve.store import read_manifest
 
-            built = read_manifest(index).model
+            try:
+                built = read_manifest(index).model
+            except IndexCorruptError:
+                if model is None:
+                    raise
+                built = {}  # damaged: the writer replaces it (the model was named)
             if model is None:
                 model, pretrained = built["name"], built.get("pretrained")
             precision = precision or str(built.get("precision") or "fp32")
@@ -112,6 +136,8 @@ def index_cmd(
             shard_by=shard_by,
             commit_every=commit_every,
             torch_threads=torch_threads,
+            ray=ray,
+            ray_concurrency=ray_concurrency,
         )
         report = index_folder(folder, index, encoder=enc, options=opts)
     except XRetrieveError as e:
