@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _bench_common import photo_array
 from PIL import Image
 
 from xretrieve.encoders import load_encoder
@@ -42,20 +43,8 @@ SIZES = {"small": (1024, 768), "12mp": (4000, 3000)}
 def make_photos(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> None:
     """Photo-like JPEGs: smooth gradients, blobs and sensor noise (compress like real photos)."""
     rng = np.random.default_rng(seed)
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     for i in range(n):
-        base = rng.uniform(40, 200, 3)
-        grad = rng.uniform(-60, 60, (2, 3))
-        img = base + (xx[..., None] / w) * grad[0] + (yy[..., None] / h) * grad[1]
-        for _ in range(6):
-            cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.05, 0.3) * min(w, h)
-            mask = ((xx - cx) ** 2 + (yy - cy) ** 2) < r * r
-            img[mask] = rng.uniform(0, 255, 3)
-        img += rng.normal(0, 6, img.shape[:2])[..., None]
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
-            folder / f"photo_{i:05d}.jpg", quality=90
-        )
+        Image.fromarray(photo_array(rng, size)).save(folder / f"photo_{i:05d}.jpg", quality=90)
 
 
 def decode_ms(files: list[Path], *, target: int, draft: bool) -> float:
