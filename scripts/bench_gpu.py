@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +40,8 @@ import faiss
 import numpy as np
 import torch
 from PIL import Image
+
+from xretrieve.store.ann.gpu import faiss_gpu_problem
 
 MODEL = "ViT-B-32"
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -221,33 +222,6 @@ def latencies(
         times.append(1000 * (time.perf_counter() - t0))
     p50, p99 = np.percentile(times, [50, 99])
     return f"p50 {p50:8.2f} ms  p99 {p99:8.2f} ms  ({batch * 1000 / p50:9.0f} q/s, {reps} runs)"
-
-
-# A GPU flat search checked against the CPU's, run apart: FAISS aborts the whole process when its
-# wheel has no kernels for the GPU (PyPI's faiss-gpu-cu12 ships sm_70 and sm_80 cubins only).
-FAISS_GPU_PROBE = """
-import faiss, numpy as np
-x = np.random.default_rng(0).standard_normal((5000, 64), dtype=np.float32)
-cpu = faiss.IndexFlatIP(64)
-cpu.add(x)
-gpu = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(64))
-gpu.add(x)
-assert (gpu.search(x[:64], 5)[1][:, 0] == cpu.search(x[:64], 5)[1][:, 0]).all(), "wrong top-1"
-"""
-
-
-def faiss_gpu_problem() -> str | None:
-    """Why FAISS cannot search on the GPU here, or None when it can."""
-    from xretrieve.store import ann
-
-    if ann.faiss_gpu_count() == 0:
-        return "FAISS reports no GPU (faiss-cpu build)"
-    run = subprocess.run(
-        [sys.executable, "-c", FAISS_GPU_PROBE], capture_output=True, text=True, timeout=300
-    )
-    if run.returncode == 0:
-        return None
-    return (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1][:200]
 
 
 def torch_flat(x: np.ndarray, queries: np.ndarray, k: int) -> None:

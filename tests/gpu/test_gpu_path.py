@@ -10,8 +10,6 @@ scripts/gpu_check.sh runs them where a GPU is lent.
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -26,36 +24,11 @@ from xretrieve.encoders.encoder import Encoder
 from xretrieve.encoders.factory import load_encoder
 from xretrieve.errors import InputError
 from xretrieve.store import ann
-
-#: A GPU flat search checked against the CPU's, run apart: FAISS aborts the whole process when
-#: its wheel has no kernels for the GPU (PyPI's faiss-gpu-cu12 ships sm_70 and sm_80 only).
-_FAISS_GPU_PROBE = """
-import faiss, numpy as np
-x = np.random.default_rng(0).standard_normal((5000, 64), dtype=np.float32)
-cpu = faiss.IndexFlatIP(64)
-cpu.add(x)
-gpu = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(64))
-gpu.add(x)
-assert (gpu.search(x[:64], 5)[1][:, 0] == cpu.search(x[:64], 5)[1][:, 0]).all(), "wrong top-1"
-"""
-
-
-def _faiss_gpu_problem() -> str | None:
-    """Why FAISS cannot search on a GPU here, or None when it can."""
-    if ann.faiss_gpu_count() == 0:
-        return "needs FAISS's GPU build (faiss-gpu-cu12) and a GPU"
-    run = subprocess.run(
-        [sys.executable, "-c", _FAISS_GPU_PROBE], capture_output=True, text=True, timeout=300
-    )
-    if run.returncode == 0:
-        return None
-    last = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1]
-    return f"FAISS's GPU build cannot search on this GPU: {last[:200]}"
-
+from xretrieve.store.ann.gpu import faiss_gpu_problem
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU that torch can see")
-_FAISS_GPU_PROBLEM = _faiss_gpu_problem()
+_FAISS_GPU_PROBLEM = faiss_gpu_problem()
 needs_faiss_gpu = pytest.mark.skipif(
     _FAISS_GPU_PROBLEM is not None, reason=_FAISS_GPU_PROBLEM or ""
 )

@@ -7,6 +7,8 @@ version stays on the CPU with a warning. Files are always written from a CPU cop
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -17,11 +19,45 @@ from xretrieve.errors import InputError
 if TYPE_CHECKING:
     from xretrieve.store.ann.build import BuiltIndex
 
-__all__ = ["UseGpu", "faiss_gpu_count", "on_device", "to_cpu", "to_device", "use_gpu_now"]
+__all__ = [
+    "UseGpu",
+    "faiss_gpu_count",
+    "faiss_gpu_problem",
+    "on_device",
+    "to_cpu",
+    "to_device",
+    "use_gpu_now",
+]
 
 log = logging.getLogger(__name__)
 
 UseGpu = bool | Literal["auto"]
+
+
+#: A GPU flat search checked against the CPU's, run apart: FAISS aborts the whole process when
+#: its wheel has no kernels for the GPU (PyPI's faiss-gpu-cu12 ships sm_70 and sm_80 only).
+_GPU_PROBE = """
+import faiss, numpy as np
+x = np.random.default_rng(0).standard_normal((5000, 64), dtype=np.float32)
+cpu = faiss.IndexFlatIP(64)
+cpu.add(x)
+gpu = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(64))
+gpu.add(x)
+assert (gpu.search(x[:64], 5)[1][:, 0] == cpu.search(x[:64], 5)[1][:, 0]).all(), "wrong top-1"
+"""
+
+
+def faiss_gpu_problem() -> str | None:
+    """Why FAISS cannot search on a GPU here (probed in a child process), or None when it can."""
+    if faiss_gpu_count() == 0:
+        return "needs FAISS's GPU build (faiss-gpu-cu12) and a GPU"
+    run = subprocess.run(
+        [sys.executable, "-c", _GPU_PROBE], capture_output=True, text=True, timeout=300
+    )
+    if run.returncode == 0:
+        return None
+    last = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1]
+    return f"FAISS's GPU build cannot search on this GPU: {last[:200]}"
 
 
 def faiss_gpu_count() -> int:
