@@ -6,6 +6,8 @@ One run, holding the index's writer lock, shares one `Run` between its stages:
    read, never their vectors; a file that did not change keeps its row where it is.
 2. *Encode* the rest, captions first then images and sounds (`passes`), through a bounded
    pipeline; a file whose bytes hash to a known vector is not decoded nor encoded again.
+   With `IndexOptions.ray`, the images are read, decoded and embedded on a Ray cluster
+   (`distributed`); the driver's loop, its decisions and its commits stay the same.
    Every `commit_every` items (or `commit_seconds`) the new rows are committed as delta
    shards of a new generation (`commit`), which also marks the rows they replace, and
    those of files gone from the folder, as deleted.
@@ -55,6 +57,10 @@ class IndexOptions:
     commit_every: int = 4096  # items between two committed generations
     commit_seconds: float = 300.0  # ... or this long, whichever comes first
     torch_threads: int | None = None  # intra-op threads of the encoder; None = leave torch's
+    # Images read, decoded and embedded on a Ray cluster (`distributed`): "auto" (a running
+    # cluster, or a new local one) or its address; None = in this process.
+    ray: str | None = None
+    ray_concurrency: int | None = None  # encoder actors; None = one per GPU, or by CPUs
 
 
 @dataclass
@@ -155,6 +161,10 @@ def check_options(opts: IndexOptions, *, dim: int) -> IndexOptions:
         _whole(opts.workers, "workers", 1, MAX_WORKERS)
     if opts.torch_threads is not None:
         _whole(opts.torch_threads, "torch threads", 1, MAX_TORCH_THREADS)
+    if opts.ray_concurrency is not None:
+        _whole(opts.ray_concurrency, "Ray concurrency", 1, MAX_WORKERS)
+    if opts.ray is not None and (not isinstance(opts.ray, str) or not opts.ray.strip()):
+        raise InputError(f"Ray address must be auto or host:port, got {opts.ray!r}")
     if not opts.commit_seconds > 0:
         raise InputError(f"commit seconds must be > 0, got {opts.commit_seconds!r}")
     if opts.shard_by is not None and opts.shard_by not in store.PARTITION_KEYS:
@@ -257,7 +267,12 @@ def index_folder(
             passes.caption_pass(run)
             run.progress.update(0)
             for kind in kinds:
-                passes.media_pass(run, kind)
+                source: passes.Source | None = None
+                if opts.ray is not None and kind.modality == "image":
+                    from xretrieve.indexer import distributed  # imports ray when it runs
+
+                    source = distributed.image_results
+                passes.media_pass(run, kind, source=source)
         finally:
             run.progress.close()
         report.removed = sum(1 for key in known.rows if key not in run.new_keys)

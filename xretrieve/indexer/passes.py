@@ -7,14 +7,21 @@ worker threads feed encoder batches, in order). A file whose bytes hash to a kno
 (renamed, copied, touched) is not decoded nor encoded again; a file that cannot be read or
 decoded becomes a `Problem` of the report and never stops the run. Rows go to the run's
 pending generation (`commit`), which is committed whenever a batch is due.
+
+A media pass has one driver loop (`_take`) whatever reads the files: local threads
+(`local_results`) or a Ray cluster (`xretrieve.indexer.distributed`). Results may come in any
+order and more than once (a retried batch); the first result of each file wins, so each file
+yields one row.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from xretrieve import store
 from xretrieve._fs import display_path, path_bytes
@@ -31,7 +38,18 @@ from xretrieve.media.scan import MediaFile, Problem, Scan, read_captions
 if TYPE_CHECKING:
     from xretrieve.indexer.folder import Run
 
-__all__ = ["Kind", "audio_kind", "caption_pass", "image_kind", "media_pass"]
+__all__ = [
+    "Decoded",
+    "Kind",
+    "Source",
+    "Todo",
+    "audio_kind",
+    "caption_pass",
+    "image_kind",
+    "local_results",
+    "media_pass",
+    "plan_media",
+]
 
 
 def _read(path: str) -> bytes:
@@ -217,12 +235,27 @@ def audio_kind(encoder: EncoderLike) -> Kind:
 
 
 @dataclass
-class _Decoded:
-    file: MediaFile
+class Decoded:
+    """A file of the todo list, read and hashed: decoded for the encoder, or embedded already.
+
+    `index` is its position in the pass's todo list. A local pass carries the encoder's input
+    (`payload`); a distributed one (`distributed`) the vector a worker made (`vector`). Known
+    content carries neither: its stored vector is reused.
+    """
+
+    index: int
     sha: str = ""
     facts: dict[str, Any] = field(default_factory=dict)
     payload: Any = None
+    vector: np.ndarray | None = None
     error: str | None = None
+
+
+#: The files a media pass must read: (file, its stored row if the index held its path).
+Todo = list[tuple[MediaFile, Stored | None]]
+#: Where a pass's results come from: `Decoded`s of the todo list, in any order, possibly
+#: repeated (a retried batch); the first result of each file wins.
+Source = Callable[["Run", Kind, Todo], Iterable[Decoded]]
 
 
 def _encode_batch(kind: Kind, payloads: list[Any]) -> Vectors:
@@ -230,11 +263,11 @@ def _encode_batch(kind: Kind, payloads: list[Any]) -> Vectors:
     return kind.encode(payloads)
 
 
-def media_pass(run: Run, kind: Kind) -> None:
-    """Index the files of one modality (images or sounds)."""
+def plan_media(run: Run, kind: Kind) -> Todo:
+    """Plan one modality from `stat`: keep the unchanged files, return those to read."""
     scan, known, opts, report = run.scan, run.known, run.options, run.report
     modality = kind.modality
-    todo: list[tuple[MediaFile, Stored | None]] = []
+    todo: Todo = []
     for f in kind.files(scan):
         key = (modality, f.rel)
         caption = run.first_caption.get(os.path.splitext(f.rel)[0])
@@ -256,26 +289,58 @@ def media_pass(run: Run, kind: Kind) -> None:
             report.reused += 1
             continue
         todo.append((f, stored[0] if stored else None))
+    return todo
 
-    def work(job: tuple[MediaFile, Stored | None]) -> _Decoded:
-        f = job[0]
+
+def local_results(run: Run, kind: Kind, todo: Todo) -> Iterator[Decoded]:
+    """Read, hash and decode the todo files in worker threads of this process, in order."""
+    known, opts = run.known, run.options
+
+    def work(job: tuple[int, tuple[MediaFile, Stored | None]]) -> Decoded:
+        i, (f, _) = job
         try:
             data = _read(f.fspath)
         except OSError as e:
-            return _Decoded(f, error=f"cannot read: {e.strerror}")
+            return Decoded(i, error=f"cannot read: {e.strerror}")
         sha = content_hash(data)
         if not opts.full and sha in known.vectors:
-            return _Decoded(f, sha)  # known content: no decoding needed
+            return Decoded(i, sha)  # known content: no decoding needed
         try:
             facts, payload = kind.decode(data, f.rel)
         except MediaError as e:
-            return _Decoded(f, error=e.reason)
+            return Decoded(i, error=e.reason)
         except (OSError, ValueError, RuntimeError, MemoryError) as e:
-            return _Decoded(f, error=f"cannot preprocess: {type(e).__name__}: {e}")
-        return _Decoded(f, sha, facts, payload)
+            return Decoded(i, error=f"cannot preprocess: {type(e).__name__}: {e}")
+        return Decoded(i, sha, facts, payload)
 
+    workers = opts.workers or default_workers()
+    window = max(2 * opts.batch_size, 4 * workers)
+    yield from bounded_map(work, enumerate(todo), workers=workers, window=window)
+
+
+def media_pass(run: Run, kind: Kind, *, source: Source | None = None) -> None:
+    """Index the files of one modality (images or sounds).
+
+    `source` gives the results of the files to read (default: `local_results`); whichever
+    it is, this loop decides each file's row, reuses known vectors, counts, and commits.
+    """
+    todo = plan_media(run, kind)
+    results = (source or local_results)(run, kind, todo)
+    try:
+        _take(run, kind, todo, results)
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:  # a generator holding a pool or a cluster connection
+            close()
+
+
+def _take(run: Run, kind: Kind, todo: Todo, results: Iterable[Decoded]) -> None:
+    """The driver loop shared by every source: results -> rows, batches and commits."""
+    known, opts, report = run.known, run.options, run.report
+    modality = kind.modality
     batch: list[tuple[Item, Any]] = []
     waiting = run.pending.waiting
+    seen: set[int] = set()
 
     def encode() -> None:
         if batch:
@@ -285,20 +350,19 @@ def media_pass(run: Run, kind: Kind) -> None:
             report.encoded += len(batch)
             batch.clear()
 
-    workers = opts.workers or default_workers()
-    window = max(2 * opts.batch_size, 4 * workers)
-    for (_, old), d in zip(
-        todo, bounded_map(work, todo, workers=workers, window=window), strict=True
-    ):
+    for d in results:
+        if d.index in seen:  # a retried batch delivered this file again: the first wins
+            continue
+        seen.add(d.index)
+        f, old = todo[d.index]
         run.progress.update()
-        f = d.file
         if d.error is not None:
             report.failed += 1
             report.problems.append(Problem(display_path(f.fspath), d.error))
             continue
         caption = run.first_caption.get(os.path.splitext(f.rel)[0])
         hit = None if opts.full else known.vectors.get(d.sha)
-        if d.payload is None and hit is None:  # pragma: no cover - decided in the worker
+        if d.payload is None and d.vector is None and hit is None:  # pragma: no cover
             raise RuntimeError(f"{f.rel}: nothing to encode and no stored vector")
         item = Item(_row(f, caption=caption, content_hash=d.sha))
         if hit is not None:
@@ -312,9 +376,13 @@ def media_pass(run: Run, kind: Kind) -> None:
         else:
             item.row.update(d.facts)
             waiting[d.sha] = item
-            batch.append((item, d.payload))
-            if len(batch) >= opts.batch_size:
-                encode()
+            if d.vector is not None:  # embedded by a worker
+                item.vector = d.vector
+                report.encoded += 1
+            else:
+                batch.append((item, d.payload))
+                if len(batch) >= opts.batch_size:
+                    encode()
         run.pending.items.append(item)
         run.new_keys.add((modality, f.rel))
         _count(run, modality)
