@@ -184,18 +184,26 @@ def dense(
 
     `allowed[i]` None skips shard i; `subset(i, rows)` searches shard i among `rows`.
     """
-    searched, scores, ids = [], [], []
+    searched: list[int] = []
+    whole: list[int] = []  # shards searched whole: side by side (`ann.search_shards`)
+    found: dict[int, tuple[Scores, Ids]] = {}
     for i, s in enumerate(shards):
         rows = None if allowed is None else allowed[i]
         if allowed is not None and (rows is None or len(rows) == 0):
             continue  # ruled out by partition statistics, or nothing matches
-        if rows is None or len(rows) == s.info.rows:
-            d, r = ann.search(s.index, q, min(pool, max(1, s.info.rows)))
-        else:
-            d, r = subset(i, rows)
         searched.append(i)
-        scores.append(d)
-        ids.append(r)
+        if rows is None or len(rows) == s.info.rows:
+            whole.append(i)
+        else:
+            found[i] = subset(i, rows)
+    ks = [min(pool, max(1, shards[i].info.rows)) for i in whole]
+    if len(whole) == 1:
+        found[whole[0]] = ann.search(shards[whole[0]].index, q, ks[0])
+    elif whole:
+        builts = [shards[i].index for i in whole]
+        found |= zip(whole, ann.search_shards(builts, q, ks), strict=True)
+    scores = [found[i][0] for i in searched]
+    ids = [found[i][1] for i in searched]
     if not searched:
         return Candidates.empty()
     top, refs = ann.merge_topk(scores, ids, pool)

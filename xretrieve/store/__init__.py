@@ -33,6 +33,7 @@ from xretrieve.store.manifest import (
     upgrade_metadata,
 )
 from xretrieve.store.reader import (
+    MMAP_MIN_BYTES,
     LoadedShard,
     Reader,
     load_shard,
@@ -48,6 +49,7 @@ __all__ = [
     "LOCK",
     "MANIFEST",
     "METADATA_SCHEMA",
+    "MMAP_MIN_BYTES",
     "PARTITION_KEYS",
     "READERS_DIR",
     "SHARDS_DIR",

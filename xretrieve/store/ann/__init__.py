@@ -20,7 +20,13 @@ from xretrieve.store.ann.build import (
     reconstruct_vectors,
     with_params,
 )
-from xretrieve.store.ann.disk import FORMAT_VERSION, index_files, read_index, write_index
+from xretrieve.store.ann.disk import (
+    FORMAT_VERSION,
+    index_files,
+    mmap_flags,
+    read_index,
+    write_index,
+)
 from xretrieve.store.ann.gpu import (
     UseGpu,
     faiss_gpu_count,
@@ -37,7 +43,7 @@ from xretrieve.store.ann.plan import (
     estimate_bytes,
     plan_index,
 )
-from xretrieve.store.ann.topk import merge_topk, rescore, search
+from xretrieve.store.ann.topk import merge_topk, rescore, search, search_shards
 from xretrieve.store.ann.tuning import tune
 
 __all__ = [
@@ -56,12 +62,14 @@ __all__ = [
     "faiss_gpu_count",
     "index_files",
     "merge_topk",
+    "mmap_flags",
     "on_device",
     "plan_index",
     "read_index",
     "reconstruct_vectors",
     "rescore",
     "search",
+    "search_shards",
     "to_cpu",
     "to_device",
     "tune",

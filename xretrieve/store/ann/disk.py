@@ -7,6 +7,13 @@
 The index file is written last, so a present index file means its sidecars are complete;
 `read_index` checks the three against each other and reports any damage as
 `IndexCorruptError`.
+
+`read_index(..., mmap=True)` maps the bulk of the file instead of reading it: the inverted
+lists of IVF-Flat and IVF-SQ (`faiss.IO_FLAG_MMAP`), the codes of Flat and HNSW storage
+(`IO_FLAG_MMAP_IFC`) and the re-scoring vectors; IVF-PQ fast-scan lists are read (FAISS
+cannot map them). The file is checked against its size before it is mapped, exactly as before
+it is read. A mapped file must never change in place while mapped (the store only replaces
+files by rename and removes them by unlink, which leave a mapping intact).
 """
 
 from __future__ import annotations
@@ -26,13 +33,17 @@ from xretrieve.store.ann.gpu import to_cpu
 from xretrieve.store.ann.plan import IndexPlan
 from xretrieve.store.filecheck import check_faiss_file, check_npy_file
 
-__all__ = ["FORMAT_VERSION", "index_files", "read_index", "write_index"]
+__all__ = ["FORMAT_VERSION", "index_files", "mmap_flags", "read_index", "write_index"]
 
 FORMAT_VERSION = 1
 _SIDE_JSON = ".json"
 _SIDE_RESCORE = ".rescore.npy"
 # A sidecar holds a plan and a few parameters: a few hundred bytes.
 _SIDECAR_MAX_BYTES = 1 << 20
+# Plans whose inverted lists FAISS maps (OnDiskInvertedLists over the file's own lists), and
+# plans whose codes it maps in place (IndexFlatCodes storage). The two flags do not combine.
+_MMAP_LISTS = frozenset({"ivf-flat", "ivf-sq8"})
+_MMAP_CODES = frozenset({"flat", "hnsw"})
 
 
 def index_files(path: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
@@ -74,12 +85,21 @@ def write_index(
     atomic_write(index_path, lambda tmp: faiss.write_index(cpu, str(tmp)))
 
 
+def mmap_flags(plan: IndexPlan) -> int:
+    """The FAISS read flags that map `plan`'s bulk from the file (0 when FAISS cannot)."""
+    if plan.kind in _MMAP_LISTS:
+        return int(faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    if plan.kind in _MMAP_CODES:
+        return int(faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+    return 0
+
+
 def _corrupt(path: Path, reason: str) -> IndexCorruptError:
     return IndexCorruptError(f"{path}: {reason}; the index must be rebuilt from scratch")
 
 
 def read_index(path: str | os.PathLike[str], *, mmap: bool = False) -> BuiltIndex:
-    """Read an index written by `write_index` (memory-mapped with `mmap=True`), on the CPU."""
+    """Read an index written by `write_index` on the CPU; `mmap=True` maps what FAISS can map."""
     index_path, json_path, rescore_path = index_files(path)
     if not index_path.is_file():
         raise IndexNotFoundError(f"{index_path}: no FAISS index file there")
@@ -100,9 +120,15 @@ def read_index(path: str | os.PathLike[str], *, mmap: bool = False) -> BuiltInde
         )
     # What the file claims against its size, before FAISS allocates from the claim.
     check_faiss_file(index_path)
-    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    flags = mmap_flags(plan) if mmap else 0
     try:
-        index = faiss.read_index(str(index_path), flags)
+        try:
+            index = faiss.read_index(str(index_path), flags)
+        except RuntimeError:
+            if not flags:
+                raise
+            # A file system that cannot map (or a layout FAISS will not map): read it instead.
+            index = faiss.read_index(str(index_path), 0)
     except RuntimeError as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise _corrupt(
