@@ -212,13 +212,17 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def test_a_lazy_encoder_loads_on_first_use(
-    fp32: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture()
+def lazy(fp32: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[int]]:
+    """A lazy tiny encoder whose spec is remembered, and the list its builds are counted in."""
     monkeypatch.setenv("XRETRIEVE_CACHE", str(tmp_path))
     calls = _counting(monkeypatch)
     remember_spec(TINY, None, fp32.spec)
-    enc = load_encoder(TINY, pretrained=None, device="cpu", lazy=True)
+    return load_encoder(TINY, pretrained=None, device="cpu", lazy=True), calls
+
+
+def test_a_lazy_encoder_loads_on_first_use(fp32: Any, lazy: tuple[Any, list[int]]) -> None:
+    enc, calls = lazy
     assert isinstance(enc, LazyEncoder)
     assert enc.spec == fp32.spec and enc.dim == fp32.dim
     assert calls == []
@@ -229,14 +233,11 @@ def test_a_lazy_encoder_loads_on_first_use(
 
 
 def test_a_lazy_encoder_is_built_once_when_threads_race(
-    fp32: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fp32: Any, lazy: tuple[Any, list[int]]
 ) -> None:
     # Decode threads ask for `preprocess` while the main thread encodes; two builds of a
     # random init would also share torch's seeded generator and get other weights.
-    monkeypatch.setenv("XRETRIEVE_CACHE", str(tmp_path))
-    calls = _counting(monkeypatch)
-    remember_spec(TINY, None, fp32.spec)
-    enc = load_encoder(TINY, pretrained=None, device="cpu", lazy=True)
+    enc, calls = lazy
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda _: enc.preprocess, range(8)))
     assert calls == [1] and all(g is got[0] for g in got)
