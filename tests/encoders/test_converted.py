@@ -136,7 +136,8 @@ def test_int8_stays_close_to_fp32(fp32: Any, int8: Any, scenes: Any) -> None:
     assert ct.min() >= 0.93 and ct.mean() >= 0.98
     assert ci.min() >= 0.95 and ci.mean() >= 0.98
     files = {p.name for p in int8.folder.iterdir()}
-    assert {"image-int8.xml", "text-int8.xml", "image.onnx", "text.onnx"} <= files
+    assert {"image-int8.xml", "image.onnx", "text.onnx"} <= files
+    assert "text-int8.xml" not in files  # text queries run in bf16 (INT8_TOWERS)
 
 
 def test_a_conversion_is_made_once(
