@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xretrieve._types import Vectors
-from xretrieve.encoders.sources import converted_dir, forget_spec
+from xretrieve.encoders.sources import check_remembered, converted_dir
 from xretrieve.encoders.spec import ModelSpec
 from xretrieve.encoders.tokenize import TOKENIZER_FILE, TextTokenizer
 from xretrieve.errors import ModelError
@@ -251,12 +251,7 @@ class ConvertedEncoder:
 
             model, pretrained, audio = self._source
             enc = build_torch_encoder(model, pretrained=pretrained, device="cpu", audio=audio)
-            if enc.spec.fingerprint != self.spec.fingerprint:
-                forget_spec(model, pretrained, audio=audio)
-                raise ModelError(
-                    f"the weights of {model} changed while in use (fingerprint "
-                    f"{enc.spec.fingerprint}, expected {self.spec.fingerprint}); run again"
-                )
+            check_remembered(self.spec, enc.spec, self._source)
             self._torch = enc
         return self._torch
 

@@ -28,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xretrieve.encoders.sources import forget_spec, note_config, recall_spec, remember_spec
+from xretrieve.encoders.sources import check_remembered, note_config, recall_spec, remember_spec
 from xretrieve.encoders.spec import EncoderLike, ModelSpec, check_precision
 from xretrieve.encoders.weights import LOAD_ERRORS, WEIGHT_FILES, check_weights_file, load_error
 from xretrieve.errors import InputError, ModelError, ModelUnavailableError
@@ -288,13 +288,7 @@ class LazyEncoder:
     def _load(self) -> EncoderLike:
         if self._loaded is None:
             enc = self._build()
-            if enc.spec.fingerprint != self.spec.fingerprint:
-                model, pretrained, audio = self._source
-                forget_spec(model, pretrained, audio=audio)
-                raise ModelError(
-                    f"the weights of {model} changed while in use (fingerprint "
-                    f"{enc.spec.fingerprint}, expected {self.spec.fingerprint}); run again"
-                )
+            check_remembered(self.spec, enc.spec, self._source)
             self._loaded = enc
         return self._loaded
 

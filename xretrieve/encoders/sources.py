@@ -25,9 +25,11 @@ from typing import Any
 
 from xretrieve._fs import atomic_write_bytes
 from xretrieve.encoders.spec import ModelSpec
+from xretrieve.errors import ModelError
 
 __all__ = [
     "cache_root",
+    "check_remembered",
     "converted_dir",
     "forget_spec",
     "local_folder",
@@ -157,6 +159,19 @@ def remember_spec(
         atomic_write_bytes(_entry(key), json.dumps({"spec": d}, sort_keys=True).encode())
     except OSError:
         pass  # a read-only home: every run loads the model, as before
+
+
+def check_remembered(
+    remembered: ModelSpec, loaded: ModelSpec, source: tuple[str, str | None, bool]
+) -> None:
+    """Refuse with `ModelError` (and forget the entry) weights that are not the remembered ones."""
+    if loaded.fingerprint != remembered.fingerprint:
+        model, pretrained, audio = source
+        forget_spec(model, pretrained, audio=audio)
+        raise ModelError(
+            f"the weights of {model} changed while in use (fingerprint "
+            f"{loaded.fingerprint}, expected {remembered.fingerprint}); run again"
+        )
 
 
 def forget_spec(model: str, pretrained: str | None, *, audio: bool = True) -> None:

@@ -10,7 +10,6 @@ into the same space, so an index built in one may be queried in another.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -69,9 +68,7 @@ class ModelSpec:
 
 def cuda_present() -> bool:
     """Whether an NVIDIA driver is loaded, read without importing torch (a cheap first look)."""
-    return Path("/proc/driver/nvidia/version").exists() or bool(
-        os.environ.get("XRETRIEVE_FAKE_CUDA")
-    )
+    return Path("/proc/driver/nvidia/version").exists()
 
 
 def _on_cuda(device: str) -> bool:

@@ -10,6 +10,7 @@ encoder tokenizes with open_clip.
 
 from __future__ import annotations
 
+import functools
 import html
 import os
 from pathlib import Path
@@ -53,6 +54,7 @@ def save_tokenizer(tokenizer: Any, path: str | os.PathLike[str]) -> bool:
     return True
 
 
+@functools.cache
 def _specials() -> Any:
     import regex
 
