@@ -377,13 +377,13 @@ def test_rerank_scores_exactly_from_a_larger_pool(
     from xretrieve.store import ann
 
     asked: list[int] = []
-    real = ann.search
+    real = ann.search_shards
 
-    def spy(built, q, k, **kw):  # type: ignore[no-untyped-def]
-        asked.append(k)
-        return real(built, q, k, **kw)
+    def spy(builts, q, ks):  # type: ignore[no-untyped-def]
+        asked.extend(ks)
+        return real(builts, q, ks)
 
-    monkeypatch.setattr(ann, "search", spy)
+    monkeypatch.setattr(ann, "search_shards", spy)
     hits = dup_idx.search(QUERY, k=3, rerank=True, oversample=4)
     assert asked == [12]
     q = dup_idx.query_vector(QUERY)[0]

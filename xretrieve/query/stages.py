@@ -196,10 +196,8 @@ def dense(
             whole.append(i)
         else:
             found[i] = subset(i, rows)
-    ks = [min(pool, max(1, shards[i].info.rows)) for i in whole]
-    if len(whole) == 1:
-        found[whole[0]] = ann.search(shards[whole[0]].index, q, ks[0])
-    elif whole:
+    if whole:
+        ks = [min(pool, max(1, shards[i].info.rows)) for i in whole]
         builts = [shards[i].index for i in whole]
         found |= zip(whole, ann.search_shards(builts, q, ks), strict=True)
     scores = [found[i][0] for i in searched]
