@@ -17,6 +17,16 @@ if [ -z "${XRETRIEVE_NO_BROWSER:-}" ] && ! { command -v chromium && command -v c
     echo "[bootstrap] chromium/chromium-driver missing (apt-get as root installs them); page tests will skip" >&2
   fi
 fi
+# The page's pure modules are unit-tested with Node's built-in runner (`node --test`): Debian's nodejs.
+if [ -z "${XRETRIEVE_NO_NODE:-}" ] && ! command -v node >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[bootstrap] installing Debian's nodejs (for node --test)" >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
+  else
+    echo "[bootstrap] node missing (apt-get install nodejs as root); the page's unit tests will not run" >&2
+  fi
+fi
 want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
