@@ -7,12 +7,13 @@ against `ServeConfig` (400), the rest here (422).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 __all__ = [
     "CaptionRequest",
+    "Filter",
     "HealthResponse",
     "HitModel",
     "IndexInfo",
@@ -28,6 +29,28 @@ _INDEX = Field(
     "only one index is served.",
     max_length=64,
 )
+
+
+# A filter's literal: a number or a string (bounded), never SQL.
+FilterScalar = StrictInt | StrictFloat | Annotated[StrictStr, Field(max_length=256)]
+FilterValues = Annotated[list[FilterScalar], Field(min_length=1, max_length=64)]
+
+
+class Filter(BaseModel):
+    """One structured filter, `column op value`: the server checks the column, quotes the value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    column: str = Field(
+        description="A metadata column (folder, year, width, height, bytes, mtime, path, ...).",
+        max_length=64,
+    )
+    op: Literal["=", "!=", "<", "<=", ">", ">=", "in", "like"] = Field(
+        description="The comparison; `in` takes a list of values, `like` a string pattern."
+    )
+    value: FilterScalar | FilterValues = Field(
+        description="A number or string (a list of 1 to 64 of them for `in`); always a literal.",
+    )
 
 
 class SearchRequest(BaseModel):
@@ -91,6 +114,12 @@ class SearchRequest(BaseModel):
         description="SQL boolean expression over the metadata columns, e.g. `year >= 2024 "
         "AND folder = 'beach'` (checked by the library's sandbox).",
         max_length=4000,
+    )
+    filters: list[Filter] | None = Field(
+        None,
+        description="Structured filters, ANDed with each other and with `where` (the server "
+        "builds and sandboxes the SQL).",
+        max_length=32,
     )
     sort: Literal["score", "mtime"] = Field(
         "score",

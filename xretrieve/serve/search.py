@@ -24,11 +24,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from xretrieve import store
 from xretrieve.errors import InputError
 from xretrieve.query import Hit, Hits, SearchOptions, scoring
 from xretrieve.serve.catalog import Generation, ItemRef
 from xretrieve.serve.config import ServeConfig
 from xretrieve.serve.errors import NotFound
+from xretrieve.serve.filters import combine, filters_where
 from xretrieve.serve.ids import item_id
 from xretrieve.serve.models import CaptionRequest, SearchRequest
 
@@ -36,6 +38,8 @@ __all__ = ["find_item", "item_json", "json_metadata", "run_caption", "run_search
 
 # Internal columns a client has no use for (ids replace shard and row).
 _HIDDEN = frozenset({"shard", "row", "path_bytes"})
+# The columns a structured filter may name: those a typed WHERE may read.
+_COLUMNS = frozenset(store.METADATA_SCHEMA.names)
 
 
 def json_metadata(meta: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +92,7 @@ def _options(req: SearchRequest, k: int) -> SearchOptions:
     return SearchOptions(
         k=k,
         modality=req.modality,
-        where=req.where,
+        where=combine(filters_where(req.filters, columns=_COLUMNS), req.where),
         hybrid=req.hybrid,
         fusion=req.fusion,
         alpha=req.alpha,
