@@ -49,7 +49,7 @@ PUBLIC = {
     "IndexStoreError", "InputError", "MediaError", "ModelError", "ModelMismatchError",
     "ModelSpec", "ModelUnavailableError", "NotAnIndexError", "SearchOptions", "ShardMissingError",
     "XRetrieveError",
-    "__version__", "add_captions", "index_folder", "list_models", "load_encoder", "open_index",
+    "__version__", "add_captions", "configure_process", "index_folder", "list_models", "load_encoder", "open_index",
     "register_model_config",
 }  # fmt: skip
 

@@ -13,15 +13,9 @@ first use, so `import xretrieve` and `xretrieve --help` stay quick.
 from __future__ import annotations
 
 import importlib
-import os as _os
 from typing import TYPE_CHECKING, Any
 
-# OpenMP threads that wait by spinning take the core from a thread that shares it with another
-# process: torch ran 4-7x slower beside one busy process (README, "Training speed and torch
-# threads"). Sleeping waiters cost ~20 % on an idle machine and avoid that collapse. Set
-# before anything here imports torch; an OMP_WAIT_POLICY in the environment wins.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+from xretrieve._process import configure_process
 from xretrieve.errors import (
     EmptyQueryError,
     FolderError,
@@ -102,6 +96,7 @@ __all__ = [
     "XRetrieveError",
     "__version__",
     "add_captions",
+    "configure_process",
     "index_folder",
     "list_models",
     "load_encoder",

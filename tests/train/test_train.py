@@ -266,14 +266,39 @@ SLOW_MIN_R5 = 0.9
 SLOW_MIN_R1 = 0.4
 
 
-def test_importing_xretrieve_makes_openmp_waiters_sleep() -> None:
+def test_importing_xretrieve_leaves_the_environment_alone() -> None:
     import subprocess
     import sys
 
-    code = "import os, xretrieve; print(os.environ['OMP_WAIT_POLICY'])"
+    code = "import os, xretrieve; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert got.stdout.strip() == "None", got.stderr
+
+
+def test_configure_process_makes_openmp_waiters_sleep() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import os, xretrieve; xretrieve.configure_process(); print(os.environ['OMP_WAIT_POLICY'])"
+    )
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert got.stdout.strip() == "PASSIVE", got.stderr
     env["OMP_WAIT_POLICY"] = "ACTIVE"  # the environment wins
     got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert got.stdout.strip() == "ACTIVE", got.stderr
+
+
+def test_the_cli_entry_point_configures_its_process() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import os, xretrieve.cli as c; c.app = lambda: None; c.main(); "
+        "print(os.environ['OMP_WAIT_POLICY'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert got.stdout.strip() == "PASSIVE", got.stderr

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import importlib
 
-from xretrieve.cli._app import app, quiet_libraries
+from xretrieve._process import configure_process
+from xretrieve.cli._app import app
 
 __all__ = ["app", "main"]
 
@@ -20,5 +21,5 @@ for _name in ("training", "indexing", "searching", "corpus", "serving"):
 
 def main() -> None:
     """Console-script entry point."""
-    quiet_libraries()
+    configure_process()
     app()

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
-import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -99,13 +96,6 @@ TorchThreadsOpt = Annotated[
 ]
 LrOpt = Annotated[float | None, typer.Option(help="Peak learning rate.")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
-
-
-def quiet_libraries() -> None:
-    # open_clip and huggingface_hub log warnings for expected situations (random init, offline).
-    logging.getLogger().setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 #: Exit codes by error family, most specific first: the CLI's half of the one error tree.

@@ -64,8 +64,8 @@ def default_threads() -> int:
     Measured on 2 cores (scripts/bench_train.py, quiet machine): 2 threads ran 1.89x the
     speed of 1 alone but 0.27x beside one busy process, because OpenMP's waiting threads
     spin and take the core from the thread that shares it. With waiting threads asleep
-    (OMP_WAIT_POLICY=PASSIVE, which `import xretrieve` sets unless the environment says
-    otherwise) 2 threads kept 1.55x alone and matched 1 thread beside the busy process.
+    (OMP_WAIT_POLICY=PASSIVE, which `xretrieve.configure_process()` sets, as the CLI does,
+    unless the environment says otherwise) 2 threads kept 1.55x alone and matched 1 thread beside the busy process.
     The count depends on the CPU set only, never on the load.
     """
     try:
