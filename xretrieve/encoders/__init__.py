@@ -5,8 +5,10 @@
 once and cached, for the ``bf16`` and ``int8`` precisions on the CPU); `spec` says what a model
 is and how it runs; `sources` remembers each weights source's `ModelSpec`, so a model need not
 be loaded to be checked against an index; `tokenize` is open_clip's tokenizer without torch;
-`features` computes log-mel inputs; `audio_tower` and `clap` are the audio towers; `weights`
-refuses a pickle offered as weights before any loader sees it. Nothing here imports
+`features` computes log-mel inputs; `audio_tower` and `clap` are the audio towers, both built
+on `audio_config` (a folder's audio_config.json and the tower kind it names) and offering
+`audio_protocol.AudioTowerLike`; `weights` fingerprints weights and refuses a pickle offered as
+weights before any loader sees it. Nothing here imports
 `xretrieve.train`, and importing this package loads no torch: the names that need it are
 imported on first use.
 """
@@ -20,7 +22,7 @@ from xretrieve.encoders.spec import PRECISIONS, EncoderLike, ModelSpec, check_pr
 
 if TYPE_CHECKING:
     from xretrieve.encoders.converted import ConvertedEncoder
-    from xretrieve.encoders.encoder import Encoder, weights_fingerprint
+    from xretrieve.encoders.encoder import Encoder
     from xretrieve.encoders.factory import (
         DEFAULT_MODEL,
         DEFAULT_PRETRAINED,
@@ -29,12 +31,13 @@ if TYPE_CHECKING:
         register_model_config,
         resolve_device,
     )
+    from xretrieve.encoders.weights import weights_fingerprint
 
-#: Names whose modules import torch or open_clip: loaded when first asked for.
+#: Names whose modules import torch, open_clip or safetensors: loaded when first asked for.
 _LAZY = {
     "ConvertedEncoder": "xretrieve.encoders.converted",
     "Encoder": "xretrieve.encoders.encoder",
-    "weights_fingerprint": "xretrieve.encoders.encoder",
+    "weights_fingerprint": "xretrieve.encoders.weights",
     "DEFAULT_MODEL": "xretrieve.encoders.factory",
     "DEFAULT_PRETRAINED": "xretrieve.encoders.factory",
     "list_models": "xretrieve.encoders.factory",

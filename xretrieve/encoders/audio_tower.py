@@ -13,8 +13,10 @@ sha256) last::
 
 `xretrieve.encoders.load_encoder(MODEL)` loads all three towers. The audio tower may instead
 be a pretrained CLAP tower mapped into the space (``kind: "clap"`` in the config, see
-`xretrieve.encoders.clap`); `load_audio_tower` loads either kind, and both offer
-`AudioTowerLike`. Training lives in `xretrieve.train.audio`; this module never imports it.
+`xretrieve.encoders.clap`); `load_audio_tower` loads either kind (the config and its kind are
+read by `xretrieve.encoders.audio_config`, below both towers), and both offer `AudioTowerLike`
+(`xretrieve.encoders.audio_protocol`). Training lives in `xretrieve.train.audio`; this module
+never imports it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,8 +36,19 @@ from safetensors import SafetensorError
 from torch import nn
 
 from xretrieve._fs import atomic_write_bytes, fsync_dir, sha256_file
-from xretrieve.encoders.encoder import weights_fingerprint
+from xretrieve.encoders.audio_config import (
+    AUDIO_CONFIG_FILE,
+    AUDIO_TOWER_FORMAT,
+    AUDIO_WEIGHTS_FILE,
+    TRAINED_FORMAT,
+    audio_kind,
+    has_audio_tower,
+    read_audio_config,
+)
+from xretrieve.encoders.audio_protocol import AudioTowerLike
+from xretrieve.encoders.clap import load_clap_tower
 from xretrieve.encoders.features import MelConfig, log_mel, mel_filterbank, windows
+from xretrieve.encoders.weights import weights_fingerprint
 from xretrieve.errors import FolderError, InputError, ModelError
 
 __all__ = [
@@ -51,12 +64,6 @@ __all__ = [
     "tower_fingerprint",
 ]
 
-AUDIO_CONFIG_FILE = "audio_config.json"
-AUDIO_WEIGHTS_FILE = "audio_model.safetensors"
-#: Newest audio_config.json format read here: 2 adds `kind` ("trained", "clap"). Trained towers
-#: are still written as format 1, which older xretrieve reads.
-AUDIO_TOWER_FORMAT = 2
-_TRAINED_FORMAT = 1
 #: State entries that are not learned weights: the filterbank is rebuilt from the config.
 _NOT_WEIGHTS = ("filterbank",)
 
@@ -87,33 +94,6 @@ class AudioTowerConfig:
             pooled_time=int(d["pooled_time"]),
             hidden=int(d["hidden"]),
         )
-
-
-class AudioTowerLike(Protocol):
-    """What `Encoder` needs of an audio tower, trained (`AudioTower`) or CLAP (`encoders.clap`)."""
-
-    @property
-    def sample_rate(self) -> int: ...
-
-    @property
-    def window_samples(self) -> int: ...
-
-    def windows(self, waveform: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Windows (w, window_samples) that cover a mono waveform at `sample_rate`."""
-        ...
-
-    def prepare(self, waveform: npt.NDArray[np.float32]) -> torch.Tensor:
-        """The tower's inputs for one clip, a row per window: the per-clip work that decode
-        threads can do ahead of the batched forward pass."""
-        ...
-
-    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Unit vectors (b, d) of a batch of rows made by `prepare`."""
-        ...
-
-    def __call__(self, waves: torch.Tensor) -> torch.Tensor:
-        """Unit vectors (b, d) of waveform windows (b, window_samples)."""
-        ...
 
 
 class AudioTower(nn.Module):
@@ -198,11 +178,6 @@ def tower_fingerprint(tower: AudioTower) -> str:
     return weights_fingerprint(tower, exclude=_NOT_WEIGHTS)
 
 
-def has_audio_tower(model_dir: str | os.PathLike[str]) -> bool:
-    """True when a model folder carries an audio tower."""
-    return (Path(model_dir) / AUDIO_CONFIG_FILE).is_file()
-
-
 def save_audio_tower(
     model_dir: str | os.PathLike[str],
     tower: AudioTower,
@@ -222,7 +197,7 @@ def save_audio_tower(
         raise FolderError(f"model folder not found: {root}")
     blob = save(_state(tower))
     config = {
-        "format": _TRAINED_FORMAT,
+        "format": TRAINED_FORMAT,
         "tower": tower.cfg.to_dict(),
         "weights_file": AUDIO_WEIGHTS_FILE,
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
@@ -249,19 +224,9 @@ def load_audio_tower(
     root = Path(model_dir)
     cfg_path = root / AUDIO_CONFIG_FILE
     try:
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-        if int(meta.get("format", 0)) > AUDIO_TOWER_FORMAT:
-            raise ModelError(
-                f"{cfg_path} has audio tower format {meta['format']}, newer than this "
-                f"xretrieve reads ({AUDIO_TOWER_FORMAT}): upgrade xretrieve"
-            )
-        kind = meta.get("kind", "trained")
-        if kind == "clap":
-            from xretrieve.encoders.clap import load_clap_tower
-
+        meta = read_audio_config(root)
+        if audio_kind(root, meta) == "clap":
             return load_clap_tower(root, meta, base_fingerprint=base_fingerprint, device=device)
-        if kind != "trained":
-            raise ModelError(f"{cfg_path} names an unknown audio tower kind {kind!r}")
         cfg = AudioTowerConfig.from_dict(meta["tower"])
         weights = root / meta.get("weights_file", AUDIO_WEIGHTS_FILE)
         if sha256_file(weights) != meta["weights_sha256"]:

@@ -35,7 +35,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from xretrieve._fs import sha256_file
-from xretrieve.encoders.audio_tower import AUDIO_CONFIG_FILE
+from xretrieve.encoders.audio_config import AUDIO_CONFIG_FILE
 from xretrieve.encoders.features import windows
 from xretrieve.errors import ModelError, ModelUnavailableError
 
@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 CLAP_MAP_FILE = "audio_clap_map.safetensors"
-#: audio_config.json format that introduced `kind` (`audio_tower.load_audio_tower` reads it).
+#: audio_config.json format that introduced `kind` (`audio_config.audio_kind` reads it).
 CLAP_CONFIG_FORMAT = 2
 #: Files of a CLAP folder that decide its audio vectors; their bytes make its fingerprint.
 _CONFIG_FILES = ("config.json", "preprocessor_config.json")

@@ -1,35 +1,35 @@
 """The encoder: one object that maps images, texts and sounds into one L2-normalised space.
 
 `Encoder` holds an open_clip model (image + text towers), its inference preprocessing and
-tokenizer, and optionally an audio tower (`xretrieve.encoders.audio_tower`); every `encode_*`
+tokenizer, and optionally an audio tower (`xretrieve.encoders.audio_protocol`); every `encode_*`
 returns float32 unit rows, shape (n, dim), whatever the precision: ``fp32`` runs as is on any
 device (no autocast at all, so its vectors are the reference, bit for bit); ``fp16`` and
 ``bf16`` run the towers under CUDA autocast, on a CUDA device only (the CPU's bf16 and int8
 are OpenVINO's, `xretrieve.encoders.converted`), and their rows are cast to float32 and made
 unit again. `ModelSpec` says which weights made the vectors:
-`weights_fingerprint` is the one hash of a tower's weights, so equal weights give equal
-fingerprints whichever tower they belong to. Models are built by `xretrieve.encoders.load_encoder`.
+`weights_fingerprint` (`xretrieve.encoders.weights`, re-exported here) is the one hash of a
+tower's weights, so equal weights give equal fingerprints whichever tower they belong to. Models are built by `xretrieve.encoders.load_encoder`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-from collections.abc import Callable, Collection, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from PIL import Image
 
+from xretrieve._threads import bounded_map, default_workers
 from xretrieve._types import Vectors
+from xretrieve.encoders.audio_protocol import AudioTowerLike
 from xretrieve.encoders.spec import ModelSpec, check_precision
+from xretrieve.encoders.weights import weights_fingerprint
 from xretrieve.errors import InputError, ModelError
-
-if TYPE_CHECKING:
-    from xretrieve.encoders.audio_tower import AudioTowerLike
+from xretrieve.media.audio import decode_audio, prepare_waveform
 
 __all__ = ["AudioItem", "Encoder", "ModelSpec", "weights_fingerprint"]
 
@@ -39,18 +39,6 @@ AudioItem = str | os.PathLike[str] | bytes | tuple[npt.ArrayLike, int]
 
 #: The half precisions torch runs under CUDA autocast; fp32 has no entry (no autocast).
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def weights_fingerprint(module: torch.nn.Module, *, exclude: Collection[str] = ()) -> str:
-    """sha256 over state names, shapes and bytes (less `exclude`): equal weights, equal print."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        if name in exclude:
-            continue
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
-    return h.hexdigest()[:32]
 
 
 def _batches(n: int, size: int) -> Iterator[slice]:
@@ -186,9 +174,6 @@ class Encoder:
         Files that cannot be decoded, or are silent or too short, raise `MediaError`. Decoding
         and the per-clip features run in threads, ahead of the tower by up to two batches.
         """
-        from xretrieve._threads import bounded_map, default_workers
-        from xretrieve.media.audio import decode_audio, prepare_waveform
-
         rate = self.audio_sample_rate
 
         def load(item: AudioItem) -> torch.Tensor:

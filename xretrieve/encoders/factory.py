@@ -28,9 +28,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from xretrieve.encoders.audio_config import has_audio_tower
 from xretrieve.encoders.sources import check_remembered, note_config, recall_spec, remember_spec
 from xretrieve.encoders.spec import EncoderLike, ModelSpec, check_precision
-from xretrieve.encoders.weights import LOAD_ERRORS, WEIGHT_FILES, check_weights_file, load_error
+from xretrieve.encoders.weights import (
+    LOAD_ERRORS,
+    WEIGHT_FILES,
+    check_weights_file,
+    load_error,
+    weights_fingerprint,
+)
 from xretrieve.errors import InputError, ModelError, ModelUnavailableError
 
 if TYPE_CHECKING:
@@ -316,7 +323,8 @@ def build_torch_encoder(
     import open_clip
     import torch
 
-    from xretrieve.encoders.encoder import Encoder, weights_fingerprint
+    # Lazy: the encoder module imports torch, which `load_encoder` for OpenVINO never needs.
+    from xretrieve.encoders.encoder import Encoder
 
     name, weights = _resolve_source(str(model), pretrained)
     dev = resolve_device(device)
@@ -349,7 +357,7 @@ def build_torch_encoder(
     )
     audio_tower = None
     if audio and name.startswith("local-dir:"):
-        from xretrieve.encoders.audio_tower import has_audio_tower, load_audio_tower
+        from xretrieve.encoders.audio_tower import load_audio_tower  # imports torch: lazy
 
         folder = name[len("local-dir:") :]
         if has_audio_tower(folder):

@@ -5,21 +5,34 @@ safetensors) can only hold Python objects, which run code when loaded: `check_we
 refuses it by its first bytes, before any loader sees it. Torch checkpoints are loaded with
 torch's tensors-only unpickler (open_clip's default); what that unpickler, safetensors or an
 empty file refuses is one of `LOAD_ERRORS`, which the loaders turn into one `ModelError` line
-(`load_error`).
+(`load_error`). `weights_fingerprint` is the one hash of a module's weights: equal weights give
+equal fingerprints whichever tower they belong to.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import struct
+from collections.abc import Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError
 
 from xretrieve.errors import ModelError
 
-__all__ = ["LOAD_ERRORS", "WEIGHT_FILES", "check_weights_file", "load_error"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "LOAD_ERRORS",
+    "WEIGHT_FILES",
+    "check_weights_file",
+    "load_error",
+    "weights_fingerprint",
+]
 
 #: What loading a damaged or foreign weights file raises besides OSError/ValueError/RuntimeError
 #: (torch's tensors-only unpickler fails on random bytes with whatever its opcode walk hits).
@@ -67,3 +80,15 @@ def load_error(what: str, e: BaseException) -> ModelError:
         text = str(e).strip()
         reason = text.splitlines()[0] if text else type(e).__name__
     return ModelError(f"cannot load {what}: {reason}")
+
+
+def weights_fingerprint(module: torch.nn.Module, *, exclude: Collection[str] = ()) -> str:
+    """sha256 over state names, shapes and bytes (less `exclude`): equal weights, equal print."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        if name in exclude:
+            continue
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
