@@ -152,11 +152,13 @@ def test_a_conversion_is_made_once(
     assert meta["spec"]["fingerprint"] == bf16.spec.fingerprint
     assert meta["tokenizer"] is True
 
-    def refuse(*a: object, **kw: object) -> None:
+    def refuse(*a: object, **kw: object) -> Any:
         raise AssertionError("the torch model was loaded again")
 
     monkeypatch.setattr(factory, "build_torch_encoder", refuse)
-    again = ConvertedEncoder(model=TINY, pretrained=None, spec=bf16.spec, batch_size=8)
+    again = ConvertedEncoder(
+        model=TINY, pretrained=None, spec=bf16.spec, batch_size=8, build=refuse
+    )
     np.testing.assert_array_equal(again.encode_texts(captions), want_t)
     np.testing.assert_array_equal(again.encode_images(images), want_i)
     # The factory too: the spec is remembered, and the towers are on disk.

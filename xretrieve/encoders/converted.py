@@ -31,10 +31,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from xretrieve._threads import default_workers
 from xretrieve._types import Vectors
 from xretrieve.encoders.sources import check_remembered, converted_dir
 from xretrieve.encoders.spec import ModelSpec
-from xretrieve.encoders.tokenize import TOKENIZER_FILE, TextTokenizer
+from xretrieve.encoders.tokenize import TOKENIZER_FILE, TextTokenizer, save_tokenizer
 from xretrieve.errors import ModelError
 
 if TYPE_CHECKING:
@@ -56,8 +57,6 @@ def openvino_threads(threads: int | None = None) -> int:
     """Inference threads: what the caller says, else every core this process may run on."""
     if threads:
         return threads
-    from xretrieve._threads import default_workers
-
     return default_workers()
 
 
@@ -163,8 +162,6 @@ def convert_towers(encoder: Encoder, folder: Path, *, int8: bool) -> None:
     The files are made in a temporary folder beside it and moved in whole, so a killed run
     leaves either nothing or a complete conversion.
     """
-    from xretrieve.encoders.tokenize import save_tokenizer
-
     folder.parent.mkdir(parents=True, exist_ok=True)
     meta_path = folder / META_FILE
     have = json.loads(meta_path.read_text()) if meta_path.is_file() else None
@@ -206,7 +203,8 @@ class ConvertedEncoder:
     """Image and text towers run by OpenVINO in ``bf16`` or ``int8``; same space as fp32 torch.
 
     Built by `xretrieve.encoders.load_encoder` for those precisions on the CPU. Nothing is
-    loaded until a tower is used; a missing conversion is made then (from the torch model).
+    loaded until a tower is used; a missing conversion is made then, from the torch model that
+    `build` makes (a callable, as `LazyEncoder`'s, so that this module needs no factory).
     """
 
     device = "cpu"
@@ -222,6 +220,7 @@ class ConvertedEncoder:
         threads: int | None = None,
         audio: bool = True,
         torch_encoder: Encoder | None = None,
+        build: Callable[[], Encoder] | None = None,
     ) -> None:
         self.spec = spec
         self.precision = spec.precision
@@ -230,6 +229,7 @@ class ConvertedEncoder:
         self.folder = converted_dir(model, spec.fingerprint)
         self._source = (model, pretrained, audio)
         self._torch = torch_encoder
+        self._build = build
         self._compiled: dict[str, Any] = {}
         self._tokenizer: Callable[[list[str]], Any] | None = None
         self._preprocess: Callable[[Image.Image], Any] | None = None
@@ -247,10 +247,12 @@ class ConvertedEncoder:
 
     def _torch_encoder(self) -> Encoder:
         if self._torch is None:
-            from xretrieve.encoders.factory import build_torch_encoder
-
-            model, pretrained, audio = self._source
-            enc = build_torch_encoder(model, pretrained=pretrained, device="cpu", audio=audio)
+            if self._build is None:
+                raise ModelError(
+                    f"the converted towers of {self._source[0]} need its torch model here, and "
+                    "this encoder was made without a way to build it: use load_encoder"
+                )
+            enc = self._build()
             check_remembered(self.spec, enc.spec, self._source)
             self._torch = enc
         return self._torch

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xretrieve.encoders.audio_config import has_audio_tower
+from xretrieve.encoders.converted import ConvertedEncoder
 from xretrieve.encoders.sources import check_remembered, note_config, recall_spec, remember_spec
 from xretrieve.encoders.spec import EncoderLike, ModelSpec, check_precision
 from xretrieve.encoders.weights import (
@@ -234,8 +235,6 @@ def load_encoder(
     """
     runtime = check_precision(precision, device)
     if runtime == "openvino":
-        from xretrieve.encoders.converted import ConvertedEncoder
-
         spec = recall_spec(model, pretrained, audio=audio)
         donor = None
         if spec is None:
@@ -251,6 +250,9 @@ def load_encoder(
             threads=threads,
             audio=audio,
             torch_encoder=donor,
+            build=lambda: build_torch_encoder(
+                model, pretrained=pretrained, device="cpu", audio=audio
+            ),
         )
 
     def build() -> Encoder:
