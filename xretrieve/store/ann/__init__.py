@@ -17,6 +17,7 @@ from xretrieve.store.ann.build import (
     TunedParams,
     build_index,
     default_params,
+    on_device,
     reconstruct_vectors,
     with_params,
 )
@@ -30,7 +31,6 @@ from xretrieve.store.ann.disk import (
 from xretrieve.store.ann.gpu import (
     UseGpu,
     faiss_gpu_count,
-    on_device,
     to_cpu,
     to_device,
     use_gpu_now,

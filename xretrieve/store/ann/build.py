@@ -26,6 +26,7 @@ __all__ = [
     "as_vectors",
     "build_index",
     "default_params",
+    "on_device",
     "reconstruct_vectors",
     "with_params",
 ]
@@ -198,3 +199,11 @@ def reconstruct_vectors(built: BuiltIndex, ids: Ids | None = None) -> Vectors:
         )
     except RuntimeError as e:
         raise InputError(f"{built.plan.factory} cannot reconstruct vectors: {e}") from e
+
+
+def on_device(built: BuiltIndex, *, use_gpu: UseGpu = "auto") -> BuiltIndex:
+    """`built` moved to the GPUs when the switch says so (e.g. after `read_index`)."""
+    if built.on_gpu:
+        return built
+    index, on_gpu = to_device(built.index, use_gpu=use_gpu)
+    return replace(built, index=index, on_gpu=on_gpu)

@@ -1,7 +1,8 @@
 """THE GPU switch: whether FAISS builds and searches on GPUs, and moving indexes there and back.
 
 "auto" means whenever FAISS reports a GPU (never with faiss-cpu); an index type without a GPU
-version stays on the CPU with a warning. Files are always written from a CPU copy.
+version stays on the CPU with a warning. Files are always written from a CPU copy. This module
+knows faiss indexes only; `build.on_device` moves a `BuiltIndex`.
 """
 
 from __future__ import annotations
@@ -9,21 +10,16 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import faiss
 
 from xretrieve.errors import InputError
 
-if TYPE_CHECKING:
-    from xretrieve.store.ann.build import BuiltIndex
-
 __all__ = [
     "UseGpu",
     "faiss_gpu_count",
     "faiss_gpu_problem",
-    "on_device",
     "to_cpu",
     "to_device",
     "use_gpu_now",
@@ -104,11 +100,3 @@ def to_cpu(index: Any) -> Any:
     """A CPU copy of a GPU index (the same object with the CPU-only build)."""
     back = getattr(faiss, "index_gpu_to_cpu", None)
     return back(index) if back is not None else index
-
-
-def on_device(built: BuiltIndex, *, use_gpu: UseGpu = "auto") -> BuiltIndex:
-    """`built` moved to the GPUs when the switch says so (e.g. after `read_index`)."""
-    if built.on_gpu:
-        return built
-    index, on_gpu = to_device(built.index, use_gpu=use_gpu)
-    return replace(built, index=index, on_gpu=on_gpu)
