@@ -376,6 +376,48 @@ def test_paging_by_scrolling(driver: Any, server: str) -> None:
     assert scores == sorted(scores, reverse=True)  # pages continue the ranking
 
 
+def test_a_superseded_search_is_aborted(driver: Any, server: str) -> None:
+    """The first of two quick searches is held back and aborted; only the second one shows."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    open_page(driver, server + "/?q=a%20large%20green%20star")
+    expected = result_ids(driver)
+    open_page(driver, server + "/")
+    # The page's next search request is held until it is aborted; the ones after it go through.
+    driver.execute_script(
+        """
+        const real = window.fetch;
+        window.__searches = [];
+        window.fetch = (url, opts) => {
+          if (!String(url).endsWith('/api/search')) return real(url, opts);
+          const call = {body: JSON.parse(opts.body), aborted: false};
+          window.__searches.push(call);
+          if (window.__searches.length > 1) return real(url, opts);
+          return new Promise((_, reject) => opts.signal.addEventListener('abort', () => {
+            call.aborted = true;
+            reject(new DOMException('aborted', 'AbortError'));
+          }));
+        };
+        """
+    )
+    box = driver.find_element(By.ID, "q")
+    box.send_keys("a small blue square" + Keys.ENTER)
+    wait_for(driver, lambda d: d.execute_script("return window.__searches.length") == 1, "search 1")
+    assert driver.execute_script("return document.getElementById('results').dataset.state") == (
+        "loading"
+    )
+    box.clear()
+    box.send_keys("a large green star" + Keys.ENTER)
+    assert settle(driver) in ("done", "more")
+    calls = driver.execute_script("return window.__searches")
+    assert [c["body"]["text"] for c in calls] == ["a small blue square", "a large green star"]
+    assert [c["aborted"] for c in calls] == [True, False]
+    assert all(c["body"]["k"] == 24 for c in calls)  # the page asks for its own page size
+    assert result_ids(driver) == expected and error_text(driver) is None
+    assert page_errors(driver) == []
+
+
 def test_errors_show_in_one_line(driver: Any, server: str, shots: Path) -> None:
     from selenium.webdriver.common.by import By
 
