@@ -8,13 +8,18 @@
 // - facet filters go to the server as structured filters (filters.js), never as SQL;
 // - errors are shown in one line from the JSON error body, never as a stack trace.
 
-import { ApiError, dropToken, getToken, isAbort, listIndexes, mediaUrl, nearestCaptions, searchPage, setToken } from "./api.js";
+import {
+  ApiError, dropToken, getToken, isAbort, listIndexes, mediaUrl, nearestCaptions, searchPage, setToken,
+} from "./api.js";
 import { readControls, renderControls } from "./controls.js";
 import { renderDetail } from "./detail.js";
 import { $, basename, oneLine } from "./dom.js";
 import { emptyFilters } from "./filters.js";
 import { moveFocus, renderGrid } from "./grid.js";
-import { emptyResults, hasQuery, initialState, makeQuery, pageSize, requestBody, stateFromUrl, textSearchUrl, urlSearch } from "./state.js";
+import {
+  emptyResults, hasQuery, initialState, makeQuery, pageSize, requestBody, stateFromUrl, textSearchUrl,
+  urlSearch,
+} from "./state.js";
 
 const CAPTIONS_K = 5;
 
