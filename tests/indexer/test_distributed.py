@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -284,6 +285,7 @@ def test_two_node_cluster(
     folder: Path,
     local: tuple[Path, IndexReport],
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     cli,  # type: ignore[no-untyped-def]
 ) -> None:
     """A head and a second node (1 CPU each): the actor on one, the decoding on the other.
@@ -296,6 +298,14 @@ def test_two_node_cluster(
     address = f"127.0.0.1:{port}"
     temp = tempfile.mkdtemp(prefix="xr-ray-")  # short: Ray's socket paths must stay < 108 bytes
     common = ["--num-cpus", "1", "--temp-dir", temp, "--block", "--disable-usage-stats"]
+    # Token authentication on, with a token of the test's own: the nodes and the driver must
+    # agree (Ray >= 2.52 turns it on by itself when ~/.ray/auth_token exists, but only for
+    # `ray start`, so a driver without RAY_AUTH_MODE would be refused).
+    token = Path(temp) / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    for k, v in auth.items():
+        monkeypatch.setenv(k, v)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     procs: list[subprocess.Popen[bytes]] = []
@@ -327,6 +337,12 @@ def test_two_node_cluster(
         idx = tmp_path / "two"
         args = ["index", folder, "--index", idx, "--model", "xr-tiny", "--pretrained", "none"]
         args += ["--device", "cpu", "--batch-size", "4", "--commit-every", "5"]
+        with monkeypatch.context() as m:  # a driver without the auth mode is refused, in words
+            m.delenv("RAY_AUTH_MODE")
+            r = cli(*args, "--ray", address, "--json")
+        assert r.returncode == 2, r.stderr
+        assert "RAY_AUTH_MODE=token" in r.stderr.splitlines()[-1]
+        assert not idx.exists(), sorted(p.name for p in idx.rglob("*"))
         r = cli(*args, "--ray", address, "--json")
         assert r.returncode == 0, r.stderr
         want, want_report = local

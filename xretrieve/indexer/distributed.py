@@ -104,11 +104,27 @@ def connect(address: str) -> Iterator[Any]:
         else:
             ray.init(address=address, **quiet)
     except (ConnectionError, ValueError, RuntimeError) as e:
-        raise InputError(f"cannot connect to the Ray cluster at {address}: {e}") from e
+        raise InputError(
+            f"cannot connect to the Ray cluster at {address}: {e}{_auth_hint()}"
+        ) from e
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _auth_hint() -> str:
+    """What to try when a connection fails and this process has no Ray auth mode of its own.
+
+    Ray (>= 2.52) has `ray start` turn token authentication on by itself when
+    ``~/.ray/auth_token`` exists, but a driver only when RAY_AUTH_MODE says so.
+    """
+    if os.environ.get("RAY_AUTH_MODE"):
+        return ""
+    return (
+        " (a cluster with token authentication also needs RAY_AUTH_MODE=token here, and its"
+        " token in RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+    )
 
 
 def plan_actors(

@@ -22,6 +22,7 @@ the index exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -201,7 +202,12 @@ def index_folder(
     out = Path(index_dir).expanduser()
     report = IndexReport(index=str(out), problems=list(scan.problems))
     report.failed = len(scan.problems)
-    with store.lock_index(out):
+    with contextlib.ExitStack() as stack:
+        if opts.ray is not None and scan.images:  # connected before anything is written
+            from xretrieve.indexer import distributed  # imports ray when it runs
+
+            stack.enter_context(distributed.connect(opts.ray))
+        stack.enter_context(store.lock_index(out))
         writer = store.Writer(out)
         previous = writer.manifest
         if opts.shard_by is None:
