@@ -154,7 +154,7 @@ def test_filtered_search_returns_k_matching_exact_results(
 ) -> None:
     from xretrieve.query import index as query
 
-    monkeypatch.setattr(query, "EXACT_SUBSET_MAX", exact_max)
+    monkeypatch.setattr(ivf_idx, "exact_subset_max", exact_max)
     q = _row_vector(ivf_idx, 0, 7)
     for sql in ["width BETWEEN 100 AND 140", "folder = 'b' AND width >= 1000", "width < 1990"]:
         hits = ivf_idx.search_vector(

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from serve_helpers import MakeClient, first_hit
 
-from xretrieve.query import open_index
+from xretrieve.query import SearchOptions, open_index
 from xretrieve.serve import item_id
 
 
@@ -114,7 +114,7 @@ def test_search_by_uploaded_image_finds_that_image(client: TestClient, built_ind
     assert r.json()["hits"][0]["path"] == hit["path"]
     # no q field: defaults
     r = client.post("/api/search", files={"image": ("q.png", io.BytesIO(data), "image/png")})
-    assert r.status_code == 200 and r.json()["k"] == 24
+    assert r.status_code == 200 and r.json()["k"] == SearchOptions().k  # one default everywhere
 
 
 def test_caption_by_id_and_by_upload(client: TestClient, built_index: Path) -> None:

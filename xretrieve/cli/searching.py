@@ -27,24 +27,14 @@ from xretrieve.cli._app import (
     register,
 )
 from xretrieve.errors import InputError, ModelUnavailableError, XRetrieveError
+from xretrieve.query.options import OPTIONS
 
 if TYPE_CHECKING:
     from xretrieve.query import Index
 
-WhereOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--where",
-        help="SQL boolean expression over the metadata columns, applied before ranking, "
-        "e.g. \"width >= 1024 AND path LIKE '%2024%'\".",
-    ),
-]
-DedupOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--dedup", help="Drop results whose cosine to a better one is >= this (e.g. 0.97)."
-    ),
-]
+_O = OPTIONS
+WhereOpt = Annotated[str | None, typer.Option("--where", help=_O["where"].help)]
+DedupOpt = Annotated[float | None, typer.Option("--dedup", help=_O["dedup"].help)]
 ExplainOpt = Annotated[
     bool, typer.Option("--explain", help="Print per-stage timings (ms) to stderr.")
 ]
@@ -110,27 +100,21 @@ def search_cmd(
         typer.Option("--not-weights", help="Comma-separated weights of the --not terms (0.5)."),
     ] = None,
     index: IndexOpt = DEFAULT_INDEX,
-    k: Annotated[int, typer.Option("-k", "--k", help="Number of results.")] = 10,
-    modality: Annotated[str, typer.Option(help="What to return: image, text or audio.")] = "image",
-    where: WhereOpt = None,
-    hybrid: Annotated[
-        bool, typer.Option("--hybrid", help="Fuse with BM25 over captions and path words.")
-    ] = False,
-    fusion: Annotated[str, typer.Option(help="Hybrid fusion: convex or rrf.")] = "convex",
-    rrf_k: Annotated[int, typer.Option("--rrf-k", help="RRF constant: 1/(k + rank).")] = 60,
-    alpha: Annotated[
-        float, typer.Option(help="Convex fusion weight of the dense score (0..1).")
-    ] = 0.5,
-    rerank: Annotated[
-        bool, typer.Option("--rerank", help="Re-score candidates exactly with stored vectors.")
-    ] = False,
-    oversample: Annotated[
-        int, typer.Option(help="Candidate pool = k * oversample (hybrid, rerank, MMR, dedup).")
-    ] = 4,
-    mmr: Annotated[
-        float | None,
-        typer.Option("--mmr", help="MMR diversity: lambda in 0..1 (1 = pure relevance)."),
-    ] = None,
+    # The search options: defaults and help from `SearchOptions` (bounds checked by it).
+    k: Annotated[int, typer.Option("-k", "--k", help=_O["k"].help)] = _O["k"].default,
+    modality: Annotated[str, typer.Option(help=_O["modality"].help)] = _O["modality"].default,
+    where: WhereOpt = _O["where"].default,
+    hybrid: Annotated[bool, typer.Option("--hybrid", help=_O["hybrid"].help)] = _O[
+        "hybrid"
+    ].default,
+    fusion: Annotated[str, typer.Option(help=_O["fusion"].help)] = _O["fusion"].default,
+    rrf_k: Annotated[int, typer.Option("--rrf-k", help=_O["rrf_k"].help)] = _O["rrf_k"].default,
+    alpha: Annotated[float, typer.Option(help=_O["alpha"].help)] = _O["alpha"].default,
+    rerank: Annotated[bool, typer.Option("--rerank", help=_O["rerank"].help)] = _O[
+        "rerank"
+    ].default,
+    oversample: Annotated[int, typer.Option(help=_O["oversample"].help)] = _O["oversample"].default,
+    mmr: Annotated[float | None, typer.Option("--mmr", help=_O["mmr"].help)] = _O["mmr"].default,
     dedup: DedupOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
@@ -174,7 +158,7 @@ def search_cmd(
             oversample=oversample,
             mmr=mmr,
             dedup=dedup,
-        ).validate()  # before the model loads: a bad option fails fast
+        )  # checked as it is made, before the model loads: a bad option fails fast
         idx = _open_index(
             index, model=model, pretrained=pretrained, device=device, precision=precision
         )

@@ -79,8 +79,9 @@ __all__ = [
     "open_index",
 ]
 
-#: A filtered shard whose allowed rows are at most this many is searched exactly over them:
-#: gathering 2k rows costs less than a selector walk and never misses. Read at each search.
+#: The default `Index.exact_subset_max`: a filtered shard whose allowed rows are at most this
+#: many is searched exactly over them (gathering 2k rows costs less than a selector walk and
+#: never misses).
 EXACT_SUBSET_MAX = 2048
 # Parsed WHERE expressions, allowed rows and row selectors kept per Index (oldest dropped first).
 _CACHE_ENTRIES = 256
@@ -118,9 +119,19 @@ class Index:
     generation written since the index was opened.
     """
 
-    def __init__(self, path: Path, manifest: store.Manifest, encoder: EncoderLike) -> None:
+    def __init__(
+        self,
+        path: Path,
+        manifest: store.Manifest,
+        encoder: EncoderLike,
+        *,
+        exact_subset_max: int = EXACT_SUBSET_MAX,
+    ) -> None:
         self.path = path
         self.encoder = encoder
+        #: A filtered shard with at most this many allowed rows is searched exactly over them;
+        #: above it, the ANN index walks with a row selector. Read at each search.
+        self.exact_subset_max = exact_subset_max
         # The reader pins this generation's files: the view holds until `refresh()`.
         self._reader = store.Reader(path, manifest)
         self._filter = Filter()
@@ -367,7 +378,7 @@ class Index:
         self, shards: list[store.LoadedShard], q: Vectors, opts: SearchOptions
     ) -> Callable[[int, Ids], tuple[np.ndarray, np.ndarray]]:
         """How the ANN stage searches shard i among some of its rows (the subset search)."""
-        exact_max = EXACT_SUBSET_MAX  # read now, so a changed module value takes effect
+        exact_max = self.exact_subset_max
         sql = opts.where or ""
 
         def subset(i: int, rows: Ids) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
+from xretrieve.query.options import OPTIONS
+
 __all__ = [
     "CaptionRequest",
     "Filter",
@@ -29,6 +31,18 @@ _INDEX = Field(
     "only one index is served.",
     max_length=64,
 )
+
+
+def _option(name: str, *, description: str | None = None, max_length: int | None = None) -> Any:
+    """A request field for the search option `name`: its default, bounds and help text."""
+    spec = OPTIONS[name]
+    return Field(
+        spec.default,
+        ge=spec.ge,
+        le=spec.le,
+        max_length=max_length,
+        description=description or spec.help,
+    )
 
 
 # A filter's literal: a number or a string (bounded), never SQL.
@@ -84,37 +98,20 @@ class SearchRequest(BaseModel):
         description="Texts to steer away from (each subtracted with weight 0.5).",
         max_length=8,
     )
-    modality: Literal["image", "text", "audio"] = Field(
-        "image", description="What kind of items to return."
-    )
-    k: int = Field(24, ge=1, description="Hits per page (offset + k is bounded by the server).")
+    # The search options: default, bounds and description from `SearchOptions` (one
+    # declaration; a test checks that these fields match it).
+    modality: Literal["image", "text", "audio"] = _option("modality")
+    k: int = _option("k", description="Hits per page (offset + k is bounded by the server).")
     offset: int = Field(0, ge=0, description="Hits to skip: the page starts after them.")
-    hybrid: bool = Field(False, description="Fuse the dense ranking with BM25 over captions.")
-    fusion: Literal["rrf", "convex"] = Field(
-        "convex",
-        description="How hybrid rankings fuse: convex (min-max scores) or reciprocal rank (rrf).",
-    )
-    alpha: float = Field(
-        0.5, ge=0.0, le=1.0, description="Convex fusion: weight of the dense score."
-    )
-    rerank: bool = Field(
-        False, description="Re-score a larger candidate pool exactly with the stored vectors."
-    )
-    mmr: float | None = Field(
-        None, ge=0.0, le=1.0, description="Maximal marginal relevance lambda (diversity)."
-    )
-    dedup: float | None = Field(
-        None,
-        ge=-1.0,
-        le=1.0,
-        description="Drop hits whose cosine to a better hit is at least this.",
-    )
-    where: str | None = Field(
-        None,
-        description="SQL boolean expression over the metadata columns, e.g. `year >= 2024 "
-        "AND folder = 'beach'` (checked by the library's sandbox).",
-        max_length=4000,
-    )
+    hybrid: bool = _option("hybrid")
+    fusion: Literal["rrf", "convex"] = _option("fusion")
+    rrf_k: int = _option("rrf_k")
+    alpha: float = _option("alpha")
+    rerank: bool = _option("rerank")
+    oversample: int = _option("oversample")
+    mmr: float | None = _option("mmr")
+    dedup: float | None = _option("dedup")
+    where: str | None = _option("where", max_length=4000)
     filters: list[Filter] | None = Field(
         None,
         description="Structured filters, ANDed with each other and with `where` (the server "

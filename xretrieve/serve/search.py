@@ -27,6 +27,7 @@ from PIL import Image
 from xretrieve import store
 from xretrieve.errors import InputError
 from xretrieve.query import Hit, Hits, SearchOptions, scoring
+from xretrieve.query.options import OPTION_NAMES
 from xretrieve.serve.catalog import Generation, ItemRef
 from xretrieve.serve.config import ServeConfig
 from xretrieve.serve.errors import NotFound
@@ -89,17 +90,10 @@ def _hit_json(h: Hit, rank: int) -> dict[str, Any]:
 
 
 def _options(req: SearchRequest, k: int) -> SearchOptions:
-    return SearchOptions(
-        k=k,
-        modality=req.modality,
-        where=combine(filters_where(req.filters, columns=_COLUMNS), req.where),
-        hybrid=req.hybrid,
-        fusion=req.fusion,
-        alpha=req.alpha,
-        rerank=req.rerank,
-        mmr=req.mmr,
-        dedup=req.dedup,
-    ).validate()
+    """The request's search options (every `SearchOptions` field is a request field)."""
+    given = {name: getattr(req, name) for name in OPTION_NAMES}
+    where = combine(filters_where(req.filters, columns=_COLUMNS), req.where)
+    return SearchOptions(**{**given, "k": k, "where": where})
 
 
 def _search(gen: Generation, req: SearchRequest, image: Image.Image | None, k: int) -> Hits:
@@ -168,7 +162,7 @@ def run_caption(
         raise InputError(f"k is {req.k}; the limit is {config.max_k}")
     if (req.id is None) == (image is None):
         raise InputError("give either an item id or an image to caption (one of them)")
-    opts = SearchOptions(k=req.k, modality="text", where=req.where).validate()
+    opts = SearchOptions(k=req.k, modality="text", where=req.where)
     if req.id is not None:
         hits = gen.index.search_vector(find_item(gen, req.id).vector(), options=opts)
     else:
