@@ -32,6 +32,7 @@ from xretrieve.serve.models import (
     SearchRequest,
     SearchResponse,
 )
+from xretrieve.serve.pool import Gone
 from xretrieve.serve.search import find_item, item_json, run_caption, run_search
 from xretrieve.serve.service import Service
 from xretrieve.serve.thumbs import make_thumbnail, thumb_etag
@@ -119,7 +120,10 @@ def api_router(service: Service) -> APIRouter:
             out: dict[str, Any] = run(gen, req, image=image, config=cfg)
             return out
 
-        out, waited = await pool.run(work)
+        try:  # a superseded search (the page aborts it) gives its place in the queue back
+            out, waited = await pool.run(work, gone=request.is_disconnected)
+        except Gone:
+            return JSONResponse({"error": "the client closed the request"}, status_code=499)
         out["timings"]["queue"] = waited * 1000.0
         out["timings"]["total"] = (time.perf_counter() - t0) * 1000.0
         return JSONResponse(out)

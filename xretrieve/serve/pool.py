@@ -1,7 +1,8 @@
 """The worker pool: searches and thumbnails run on N threads, with a bounded queue.
 
 Rules kept here: at most `threads` jobs run and at most `queue` more wait; a job past that is
-refused at once (`Busy`, answered 503 with Retry-After) instead of queueing without end. The
+refused at once (`Busy`, answered 503 with Retry-After) instead of queueing without end; a job
+whose client hung up while it waited is dropped unrun (`run(gone=...)`). The
 event loop never runs a search itself, so /healthz and cached thumbnails stay fast while
 every worker is busy. The encoder (torch), FAISS and Pillow release the GIL, so threads
 overlap.
@@ -12,13 +13,18 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 from xretrieve.serve.errors import Busy
 
-__all__ = ["WorkerPool"]
+__all__ = ["Gone", "WorkerPool"]
+
+
+class Gone(Exception):
+    """The client hung up before its answer was ready: there is no one to answer."""
+
 
 T = TypeVar("T")
 
@@ -66,9 +72,31 @@ class WorkerPool:
             self.pending -= 1
         self._slots.release()
 
-    async def run(self, fn: Callable[[], T]) -> tuple[T, float]:
-        """Await `fn` run on a worker: (its result, seconds it waited for a worker)."""
-        return await asyncio.wrap_future(self.submit(fn))
+    async def run(
+        self,
+        fn: Callable[[], T],
+        *,
+        gone: Callable[[], Awaitable[bool]] | None = None,
+        poll: float = 0.05,
+    ) -> tuple[T, float]:
+        """Await `fn` run on a worker: (its result, seconds it waited for a worker).
+
+        With `gone` (the client's "has it hung up?"), asked every `poll` seconds while the job
+        waits or runs: once it says yes, a job still waiting is dropped without running (its
+        place freed for the next request) and `Gone` is raised; a running one finishes unread.
+        """
+        job = self.submit(fn)
+        fut = asyncio.wrap_future(job)
+        if gone is None:
+            return await fut
+        while True:
+            done, _ = await asyncio.wait({fut}, timeout=poll)
+            if done:
+                return fut.result()
+            if await gone():
+                job.cancel()  # a job still queued never starts; its place is free now
+                fut.cancel()
+                raise Gone("the client closed the request")
 
     def shutdown(self) -> None:
         """Finish the jobs already taken, refuse new ones."""
