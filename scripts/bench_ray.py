@@ -31,9 +31,8 @@ from xretrieve import store
 from xretrieve.encoders import load_encoder
 from xretrieve.indexer import IndexOptions, IndexReport, distributed, index_folder
 from xretrieve.indexer import commit as commit_mod
-from xretrieve.indexer.commit import Item, Pending
-from xretrieve.indexer.folder import Run
 from xretrieve.indexer.known import Known
+from xretrieve.indexer.run import Item, Pending, Run
 from xretrieve.media.scan import Scan
 
 

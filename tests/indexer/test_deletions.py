@@ -15,11 +15,12 @@ import xretrieve
 from xretrieve import store
 from xretrieve.encoders import Encoder
 from xretrieve.errors import IndexCorruptError
-from xretrieve.indexer import IndexOptions, commit, index_folder
+from xretrieve.indexer import IndexOptions, index_folder
 
 
 def _opts(**kw: Any) -> IndexOptions:
-    return IndexOptions(**{"progress": False, "batch_size": 8, **kw})
+    """Shards of 4 rows or more count as big (the default threshold is 20,000 rows)."""
+    return IndexOptions(**{"progress": False, "batch_size": 8, "compact_rows": 4, **kw})
 
 
 @pytest.fixture()
@@ -31,12 +32,6 @@ def folder(world_dir: Path, tmp_path: Path) -> Path:
         shutil.copy(src, root / src.name)
         shutil.copy(src.with_suffix(".txt"), root / src.with_suffix(".txt").name)
     return root
-
-
-@pytest.fixture()
-def big_shards(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Shards of 4 rows or more count as big (the real threshold is 20,000 rows)."""
-    monkeypatch.setattr(commit, "COMPACT_ROWS", 4)
 
 
 def _shard(m: store.Manifest, modality: str) -> store.ShardInfo:
@@ -53,7 +48,7 @@ def _remove(folder: Path, names: list[str]) -> set[str]:
 
 @pytest.mark.parametrize("index_type", [None, "ivf-flat"])
 def test_a_few_deletions_mark_rows_and_keep_the_shard_files(
-    folder: Path, tmp_path: Path, tiny_encoder: Encoder, big_shards: None, index_type: str | None
+    folder: Path, tmp_path: Path, tiny_encoder: Encoder, index_type: str | None
 ) -> None:
     idx = tmp_path / "idx"
     index_folder(folder, idx, encoder=tiny_encoder, options=_opts(index_type=index_type))
@@ -104,7 +99,6 @@ def test_a_changed_file_shows_once_in_every_generation_of_a_run(
     world_dir: Path,
     tmp_path: Path,
     tiny_encoder: Encoder,
-    big_shards: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     idx = tmp_path / "idx"
@@ -138,7 +132,7 @@ def test_a_changed_file_shows_once_in_every_generation_of_a_run(
 
 
 def test_a_damaged_deleted_list_is_reported(
-    folder: Path, tmp_path: Path, tiny_encoder: Encoder, big_shards: None
+    folder: Path, tmp_path: Path, tiny_encoder: Encoder
 ) -> None:
     idx = tmp_path / "idx"
     index_folder(folder, idx, encoder=tiny_encoder, options=_opts())

@@ -58,7 +58,6 @@ from xretrieve.indexer import IndexOptions, index_folder
 cfg = json.loads(sys.argv[1])
 sys.path.insert(0, cfg["faults_dir"])
 import faults
-commit.COMPACT_ROWS = cfg.get("compact_rows", commit.COMPACT_ROWS)
 commit.COMPACT_DELETED_FRACTION = cfg.get("deleted_fraction", commit.COMPACT_DELETED_FRACTION)
 enc = load_encoder("xr-tiny", pretrained=None, device="cpu", batch_size=2)
 opts = IndexOptions(**cfg["opts"])
@@ -143,12 +142,20 @@ def resume_setup(
     return folder, base, fresh
 
 
-def _drive(work: Path, folder: Path, base: Path, scenarios: list[tuple], **extra: Any) -> dict:  # type: ignore[type-arg]
+def _drive(
+    work: Path,
+    folder: Path,
+    base: Path,
+    scenarios: list[tuple],  # type: ignore[type-arg]
+    *,
+    opts: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict:  # type: ignore[type-arg]
     cfg = {
         "folder": str(folder),
         "base": str(base),
         "work": str(work),
-        "opts": OPTS,
+        "opts": {**OPTS, **(opts or {})},
         "scenarios": scenarios,
         "faults_dir": str(FAULTS_DIR),
         **extra,
@@ -198,7 +205,9 @@ def test_kill_then_resume_with_deleted_row_lists(
     points = ["after-manifest:1", "after-manifest:2", "before-manifest:3", "merged-shard:1"]
     scenarios = [(f"d{i}", point, None) for i, point in enumerate(points)]
     scenarios.append(("d-none", None, None))
-    results = _drive(tmp_path, folder, base, scenarios, compact_rows=2, deleted_fraction=0.9)
+    results = _drive(
+        tmp_path, folder, base, scenarios, opts={"compact_rows": 2}, deleted_fraction=0.9
+    )
     for name, (_, resumed) in results.items():
         assert resumed == 0, (name, results)
         _check_exact(tmp_path / name, fresh)

@@ -7,11 +7,14 @@
   folder, so no generation shows a file twice or a deleted file.
 - `finish` lands one last generation: it drops the rows of files that are no longer indexed
   and merges the deltas (and small or re-partitioned shards) into shards of at most
-  `max_rows_per_shard`, split by modality and by the `shard_by` partition. A big shard that
-  lost at most `COMPACT_DELETED_FRACTION` of its rows keeps its files and a list of deleted
-  rows instead of being rewritten (its ANN index is not trained again).
+  `max_rows_per_shard`, split by modality and by the `shard_by` partition. A big shard (at
+  least `IndexOptions.compact_rows` rows) that lost at most `COMPACT_DELETED_FRACTION` of
+  its rows keeps its files and a list of deleted rows instead of being rewritten (its ANN
+  index is not trained again).
 - Nothing is encoded here: a row that reuses a stored vector reads it back from its shard
   (delta and small shards are exact Flat shards, so their vectors come back bit for bit).
+- The run's state (`run.Run`, its `Pending` generation and `Item`s) lives in `run`, below
+  this module: the passes that fill it and the folder that makes it both sit above.
 
 Each commit is atomic (see `store.writer`): a killed run leaves the last committed generation.
 
@@ -25,65 +28,23 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from xretrieve import store
 from xretrieve._types import Modality, Vectors
-from xretrieve.indexer.known import Ref, item_key
+from xretrieve.indexer.known import item_key
+from xretrieve.indexer.run import Run
 from xretrieve.store import ann
 
-if TYPE_CHECKING:
-    from xretrieve.indexer.folder import Run
+__all__ = ["COMPACT_DELETED_FRACTION", "commit", "due", "finish", "shard_order"]
 
-__all__ = [
-    "COMPACT_DELETED_FRACTION",
-    "COMPACT_ROWS",
-    "Item",
-    "Pending",
-    "commit",
-    "due",
-    "finish",
-    "shard_order",
-]
-
-#: Shards smaller than this are merged with their partition's new rows at the end of a run
-#: (they are exact Flat shards, so their vectors come back bit for bit).
-COMPACT_ROWS = ann.FLAT_MAX_N
-#: A shard at least COMPACT_ROWS big is rewritten only when more than this fraction of its
-#: rows is deleted; below that, its deleted rows are listed and skipped by searches.
+#: A shard at least `IndexOptions.compact_rows` big is rewritten only when more than this
+#: fraction of its rows is deleted; below that, its deleted rows are listed and skipped by
+#: searches.
 COMPACT_DELETED_FRACTION = 0.25
-
-
-@dataclass
-class Item:
-    """A row on its way into a delta shard, with where its vector comes from."""
-
-    row: dict[str, Any]
-    vector: np.ndarray | None = None  # encoded
-    ref: Ref | None = None  # reused from a stored row
-    same_as: Item | None = None  # reused from an item of this run not yet encoded
-
-
-@dataclass
-class Pending:
-    """The generation a run is building: the shards it names and the rows not yet committed."""
-
-    shards: list[store.ShardInfo]  # stored shards kept so far, plus this run's deltas
-    # Caption-corpus shards (`add_captions`): not part of the folder, carried as they are.
-    corpora: list[store.ShardInfo] = field(default_factory=list)
-    # Stored rows to mark deleted in the next commit (files gone from the folder).
-    gone: list[Ref] = field(default_factory=list)
-    deltas: list[store.ShardInfo] = field(default_factory=list)
-    items: list[Item] = field(default_factory=list)
-    # Content hashes met in this run and not yet committed: their first item.
-    waiting: dict[str, Item] = field(default_factory=dict)
-    last_commit: float = field(default_factory=time.monotonic)
-    # Whether batch commits land a generation (not during a full rebuild of an existing index).
-    publish: bool = True
 
 
 def shard_order(s: store.ShardInfo) -> tuple[int, int]:
@@ -150,7 +111,7 @@ def commit(run: Run) -> None:
             store.metadata_table([p.items[i].row for i in idx]),
             {"key": opts.shard_by, "value": value},
         )
-        cap = min(COMPACT_ROWS, opts.max_rows_per_shard)
+        cap = min(opts.compact_rows, opts.max_rows_per_shard)
         infos = run.writer.write_shard(payload, max_rows=cap, index_type="flat")
         p.deltas += infos
         p.shards += infos
@@ -223,7 +184,7 @@ def finish(run: Run) -> bool:
             return []
         return [r for r in range(info.rows) if (info.name, r) not in run.keep]
 
-    big = min(COMPACT_ROWS, opts.max_rows_per_shard)
+    big = min(opts.compact_rows, opts.max_rows_per_shard)
     groups: dict[tuple[str, Any], list[store.ShardInfo]] = defaultdict(list)
     for s in p.shards:
         groups[(s.modality, s.partition.get("value"))].append(s)

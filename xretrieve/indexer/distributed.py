@@ -34,7 +34,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -46,9 +46,7 @@ from xretrieve.errors import (
     XRetrieveError,
 )
 from xretrieve.indexer.passes import Decoded, Kind, Todo
-
-if TYPE_CHECKING:
-    from xretrieve.indexer.folder import Run
+from xretrieve.indexer.run import Run
 
 __all__ = [
     "ACTOR_MEMORY",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -30,13 +30,10 @@ from xretrieve._types import Modality, Vectors
 from xretrieve.encoders import EncoderLike
 from xretrieve.errors import MediaError
 from xretrieve.indexer import commit
-from xretrieve.indexer.commit import Item
 from xretrieve.indexer.known import Stored
+from xretrieve.indexer.run import Item, Run
 from xretrieve.media.image import content_hash, decode_image
 from xretrieve.media.scan import MediaFile, Problem, Scan, read_captions
-
-if TYPE_CHECKING:
-    from xretrieve.indexer.folder import Run
 
 __all__ = [
     "Decoded",
@@ -255,7 +252,7 @@ class Decoded:
 Todo = list[tuple[MediaFile, Stored | None]]
 #: Where a pass's results come from: `Decoded`s of the todo list, in any order, possibly
 #: repeated (a retried batch); the first result of each file wins.
-Source = Callable[["Run", Kind, Todo], Iterable[Decoded]]
+Source = Callable[[Run, Kind, Todo], Iterable[Decoded]]
 
 
 def _encode_batch(kind: Kind, payloads: list[Any]) -> Vectors:
