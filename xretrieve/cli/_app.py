@@ -114,43 +114,64 @@ def exit_code(e: XRetrieveError) -> int:
     return next(code for cls, code in EXIT_CODES if isinstance(e, cls))
 
 
-#: What to type next, by error family and a phrase of its message: library messages name no
-#: flags, so the command line adds its own. The first row that matches wins.
-HINTS: tuple[tuple[type[XRetrieveError], str, str], ...] = (
+#: What to type next, by error type and code (None: any code): library messages name no
+#: flags, so the command line adds its own. The first row that matches wins; an error raised
+#: `from` another that matches no row is read through its cause (a wrapper keeps the hint).
+HINTS: tuple[tuple[type[XRetrieveError], str | None, str], ...] = (
     (
         ModelUnavailableError,
-        "no network",
+        ModelUnavailableError.OFFLINE,
         "--pretrained /path/to/checkpoint or --model /path/to/model-folder",
     ),
     (
         ModelMismatchError,
-        "",
+        None,
         "--model names another copy of that model; `index --full` rebuilds with this one",
     ),
-    (IndexNotFoundError, "", "`xretrieve index FOLDER --index DIR` builds one"),
-    (IndexCorruptError, "rebuil", "`xretrieve index FOLDER --index DIR --full` rebuilds it"),
+    (IndexNotFoundError, None, "`xretrieve index FOLDER --index DIR` builds one"),
+    (IndexCorruptError, None, "`xretrieve index FOLDER --index DIR --full` rebuilds it"),
     (
         InputError,
-        "register_model_config",
+        InputError.UNKNOWN_MODEL,
         "see `xretrieve models`; --model-config FILE registers a config",
     ),
-    (InputError, "no CUDA GPU", "--device cpu"),
-    (InputError, "runs on a CUDA GPU", "--precision bf16 or int8 on the CPU"),
-    (InputError, "runs on the CPU", "--device cpu"),
-    (InputError, "add to it in", "--precision names the index's own; --full rebuilds it"),
-    (ModelUnavailableError, "fast extra", "pip install 'xretrieve[fast]', or --precision fp32"),
-    (InputError, "caption column", "--column names it"),
-    (InputError, "holds the captions", "--column names it"),
-    (FolderError, "add_audio_to_world", "`xretrieve make-world --audio` makes a world with sounds"),
-    (InputError, "names splits", "--split NAME chooses one"),
-    (FolderError, "choose a split", "--split NAME chooses one"),
+    (InputError, InputError.NO_CUDA, "--device cpu"),
+    (InputError, InputError.GPU_ONLY_PRECISION, "--precision bf16 or int8 on the CPU"),
+    (InputError, InputError.CPU_ONLY_PRECISION, "--device cpu"),
+    (
+        InputError,
+        InputError.PRECISION_MISMATCH,
+        "--precision names the index's own; --full rebuilds it",
+    ),
+    (InputError, InputError.CAPTION_COLUMN, "--column names it"),
+    (
+        FolderError,
+        FolderError.NO_SOUNDS,
+        "`xretrieve make-world --audio` makes a world with sounds",
+    ),
+    (InputError, InputError.SPLIT_UNCHOSEN, "--split NAME chooses one"),
+    (FolderError, FolderError.SPLIT_UNCHOSEN, "--split NAME chooses one"),
 )
 
 
 def hint(e: XRetrieveError) -> str | None:
-    """The CLI's hint for this error, if it has one."""
-    text = str(e)
-    return next((h for cls, phrase, h in HINTS if isinstance(e, cls) and phrase in text), None)
+    """The CLI's hint for this error (or for the error it was raised from), if it has one."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while isinstance(cause, XRetrieveError) and id(cause) not in seen:
+        seen.add(id(cause))
+        found = next(
+            (
+                h
+                for cls, code, h in HINTS
+                if isinstance(cause, cls) and (code is None or cause.code == code)
+            ),
+            None,
+        )
+        if found is not None:
+            return found
+        cause = cause.__cause__
+    return None
 
 
 def fail(e: XRetrieveError) -> NoReturn:

@@ -90,9 +90,15 @@ def check_precision(precision: str, device: str = "auto") -> str:
         raise InputError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     cuda = _on_cuda(device)
     if precision == "fp16" and not cuda:
-        raise InputError("precision fp16 runs on a CUDA GPU; on the CPU use bf16 or int8")
+        raise InputError(
+            "precision fp16 runs on a CUDA GPU; on the CPU use bf16 or int8",
+            code=InputError.GPU_ONLY_PRECISION,
+        )
     if precision == "int8" and cuda:
-        raise InputError("precision int8 runs on the CPU (OpenVINO); on a GPU use fp16 or bf16")
+        raise InputError(
+            "precision int8 runs on the CPU (OpenVINO); on a GPU use fp16 or bf16",
+            code=InputError.CPU_ONLY_PRECISION,
+        )
     return runtime_of(precision, cuda=cuda)
 
 

@@ -155,7 +155,8 @@ def _read_lines(path: Path, kind: str, column: str) -> Iterator[tuple[int, str |
                 keys = ", ".join(obj) if isinstance(obj, dict) else type(obj).__name__
                 raise InputError(
                     f"{path}: line {i + 1} has no {column!r} field (it has: {keys[:200]}); "
-                    "name the field that holds the captions"
+                    "name the field that holds the captions",
+                    code=InputError.CAPTION_COLUMN,
                 )
             value = obj[column]
             if value is not None and not isinstance(value, str):
@@ -172,7 +173,8 @@ def _read_parquet(path: Path, column: str, batch: int) -> Iterator[tuple[int, st
     if column not in names:
         raise InputError(
             f"{path} has no column {column!r}; its columns are {', '.join(names)} "
-            "(name the one that holds the captions)"
+            "(name the one that holds the captions)",
+            code=InputError.CAPTION_COLUMN,
         )
     kind = pf.schema_arrow.field(column).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
@@ -334,7 +336,8 @@ def add_captions(
             if n == 0:
                 raise InputError(
                     f"{src} holds no captions ({report.skipped_blank} blank lines); "
-                    "give a file with one caption a line, or JSONL / Parquet with a caption column"
+                    "give a file with one caption a line, or JSONL / Parquet with a caption column",
+                    code=InputError.CAPTION_COLUMN,
                 )
             report.captions = n
             mtime = datetime.fromtimestamp(src.stat().st_mtime, tz=UTC)

@@ -98,7 +98,8 @@ def index_folder(
             if built != encoder.spec.precision:
                 raise InputError(
                     f"{display_path(out)} holds vectors made in {built}, not "
-                    f"{encoder.spec.precision}: add to it in {built}, or rebuild it whole"
+                    f"{encoder.spec.precision}: add to it in {built}, or rebuild it whole",
+                    code=InputError.PRECISION_MISMATCH,
                 )
             known = read_known(out, previous)
         base = [] if (opts.full or previous is None) else list(previous.shards)

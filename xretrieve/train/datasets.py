@@ -112,7 +112,10 @@ def _has_split_token(path: Path, split: str) -> bool:
 def _choose_split(label: str, available: Iterable[str], split: str | None) -> str:
     names = sorted(set(available))
     if split is None:
-        raise InputError(f"{label} names splits ({', '.join(names)}): choose one")
+        raise InputError(
+            f"{label} names splits ({', '.join(names)}): choose one",
+            code=InputError.SPLIT_UNCHOSEN,
+        )
     if split not in names:
         raise InputError(f"{label} has no split {split!r}; its splits: {', '.join(names)}")
     return split
@@ -165,7 +168,8 @@ def _load_folder(folder: Path, split: str | None) -> EvalSet:
         if named:
             hint = f"; it holds annotation files ({', '.join(named)}): choose a split"
         raise FolderError(
-            f"no captioned images (image + .txt sidecar) in {display_path(root)}{hint}"
+            f"no captioned images (image + .txt sidecar) in {display_path(root)}{hint}",
+            code=FolderError.SPLIT_UNCHOSEN if named else None,
         )
     skipped = [f"{p.path}: {p.reason}" for p in scan.problems]
     return _build(root, "folder", split, grouped, skipped)

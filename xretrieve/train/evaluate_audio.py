@@ -74,7 +74,8 @@ def evaluate_audio(
     if missing:
         raise FolderError(
             f"{len(missing)} image(s) of {root} have no sound (e.g. {missing[0]}): "
-            "give the world its sounds with add_audio_to_world()"
+            "give the world its sounds with add_audio_to_world()",
+            code=FolderError.NO_SOUNDS,
         )
     aud = encoder.encode_audio(sounds)
     img = encoder.encode_images(ws.load_images())
