@@ -95,6 +95,7 @@ def train_cmd(
     slower or faster; --max-seconds trains by the clock instead.
     """
     from xretrieve.train.clip import TrainConfig, train
+    from xretrieve.train.progress import ProgressLines
 
     try:
         register(model_config)
@@ -108,7 +109,8 @@ def train_cmd(
             seed=seed,
             threads=torch_threads,
         )
-        report = train(data_dir, out_dir, config=cfg)
+        # A line every 30 s where stderr is not a terminal (CI logs, pipes): the run is alive.
+        report = train(data_dir, out_dir, config=cfg, progress=ProgressLines())
     except XRetrieveError as e:
         fail(e)
     if as_json:
@@ -334,6 +336,7 @@ def train_audio_cmd(
     --max-seconds trains by the clock instead.
     """
     from xretrieve.train.audio import AudioTrainConfig, train_audio
+    from xretrieve.train.progress import ProgressLines
 
     try:
         cfg = training_config(
@@ -345,7 +348,9 @@ def train_audio_cmd(
             seed=seed,
             threads=torch_threads,
         )
-        report = train_audio(model_dir, data_dir, config=cfg, device=device)
+        report = train_audio(
+            model_dir, data_dir, config=cfg, device=device, progress=ProgressLines()
+        )
     except XRetrieveError as e:
         fail(e)
     if as_json:

@@ -34,6 +34,7 @@ from PIL import Image
 
 from xretrieve.errors import FolderError, InputError, MediaError, ModelError
 from xretrieve.train.data import Sidecars, path_order, scan_training_folder
+from xretrieve.train.progress import ProgressLines
 from xretrieve.train.schedule import (
     budgeted_steps,
     check_schedule,
@@ -62,13 +63,14 @@ CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 REPORT_FILE = "train_report.json"
 #: The recipe's step budget: on the demo world, 913-997 steps of 128 measured R@1 0.85-0.94
-#: held out both ways (README), on any machine; a quiet 2-core CPU ran ~1,000 in 3 minutes.
+#: held out both ways, on any machine (docs/decisions/step-budgets.md, docs/evaluation.md;
+#: scripts/demo.sh prints the table); a quiet 2-core CPU ran 1,000 in about 3 minutes.
 DEFAULT_STEPS = 1000
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train; the defaults are the recipe tuned on a 2-core CPU (README: 1,000 steps)."""
+    """How to train; the defaults are the recipe (docs/evaluation.md#the-recipe)."""
 
     model: str = "xr-small"
     max_seconds: float | None = None
@@ -147,6 +149,7 @@ def load_captioned_images(
     *,
     preprocess: Callable[[Image.Image], torch.Tensor],
     tokenizer: Callable[[list[str]], torch.Tensor],
+    progress: ProgressLines | None = None,
 ) -> CaptionedImages:
     """Decode and preprocess every image once, tokenise every caption once."""
 
@@ -163,6 +166,8 @@ def load_captioned_images(
     pixels[0] = first
     for i, (path, _) in enumerate(pairs[1:], start=1):
         pixels[i] = load(path)
+        if progress is not None:
+            progress("loading image", i + 1, len(pairs))
     counts = torch.tensor([len(c) for _, c in pairs], dtype=torch.long)
     starts = torch.cumsum(counts, 0) - counts
     tokens = tokenizer([c for _, caps in pairs for c in caps])
@@ -245,7 +250,8 @@ def _model_cfg(name: str) -> dict[str, Any]:
     if name not in list_models():
         raise InputError(
             f"unknown model config {name!r}: see list_models() (register your own config "
-            "with register_model_config())"
+            "with register_model_config())",
+            code=InputError.UNKNOWN_MODEL,
         )
     cfg = open_clip.get_model_config(name)
     if cfg is None or "text_cfg" not in cfg or "hf_model_name" in cfg["text_cfg"]:
@@ -333,8 +339,16 @@ class TrainedModel:
     config: TrainConfig
 
 
-def fit(data_dir: str | os.PathLike[str], *, config: TrainConfig = TrainConfig()) -> TrainedModel:
-    """Train a CLIP model from scratch on the captioned images in `data_dir` (kept in memory)."""
+def fit(
+    data_dir: str | os.PathLike[str],
+    *,
+    config: TrainConfig = TrainConfig(),
+    progress: ProgressLines | None = None,
+) -> TrainedModel:
+    """Train a CLIP model from scratch on the captioned images in `data_dir` (kept in memory).
+
+    `progress` (None: silent) gets the images loaded, then the steps and the running loss.
+    """
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
@@ -350,9 +364,11 @@ def fit(data_dir: str | os.PathLike[str], *, config: TrainConfig = TrainConfig()
             preprocess = image_transform_v2(PreprocessCfg(**pre_cfg), is_train=False)
             tokenizer = open_clip.get_tokenizer(config.model)
             pairs = find_captioned_images(data_dir)
-            data = load_captioned_images(pairs, preprocess=preprocess, tokenizer=tokenizer)
+            data = load_captioned_images(
+                pairs, preprocess=preprocess, tokenizer=tokenizer, progress=progress
+            )
             load_seconds = time.perf_counter() - t_start
-            steps, loss = _fit(model, data, config=config, t_start=t_start)
+            steps, loss = _fit(model, data, config=config, t_start=t_start, progress=progress)
     except (RuntimeError, ValueError) as e:
         if isinstance(e, InputError):
             raise
@@ -407,15 +423,21 @@ def train(
     out_dir: str | os.PathLike[str],
     *,
     config: TrainConfig = TrainConfig(),
+    progress: ProgressLines | None = None,
 ) -> TrainReport:
     """Train a CLIP model from scratch on captioned images in `data_dir`; save it to `out_dir`."""
     # Checked first so that a wrong output folder fails before minutes of training.
     _check_out_dir(Path(out_dir))
-    return save_model(fit(data_dir, config=config), out_dir)
+    return save_model(fit(data_dir, config=config, progress=progress), out_dir)
 
 
 def _fit(
-    model: Any, data: CaptionedImages, *, config: TrainConfig, t_start: float
+    model: Any,
+    data: CaptionedImages,
+    *,
+    config: TrainConfig,
+    t_start: float,
+    progress: ProgressLines | None,
 ) -> tuple[int, float]:
     """The training loop; returns (steps, mean loss of the last steps)."""
     model.train()
@@ -427,7 +449,7 @@ def _fit(
             betas=(0.9, config.beta2),
             eps=1e-6,
         )
-        return _loop(model, data, tokens, opt, config=config, t_start=t_start)
+        return _loop(model, data, tokens, opt, config=config, t_start=t_start, progress=progress)
 
 
 def _loop(
@@ -438,6 +460,7 @@ def _loop(
     *,
     config: TrainConfig,
     t_start: float,
+    progress: ProgressLines | None,
 ) -> tuple[int, float]:
     gen = torch.Generator().manual_seed(config.seed)
     steps = 0
@@ -460,6 +483,8 @@ def _loop(
             model.logit_scale.clamp_(0, config.max_logit_scale)
         steps = st.number + 1
         recent = [*recent[-19:], loss.item()]
+        if progress is not None:
+            progress("step", steps, config.max_steps, loss=sum(recent) / len(recent))
         if config.log_every and steps % config.log_every == 0:
             print(
                 f"step {steps} t={st.elapsed:.0f}s ({steps / max(st.elapsed, 1e-9):.2f} steps/s) "

@@ -22,7 +22,6 @@ search users run.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -39,6 +38,7 @@ from xretrieve.train.evaluate import (
     chance_from_counts,
     keyed_recall,
 )
+from xretrieve.train.progress import progress_bar
 from xretrieve.train.world import concept_key, load_labels
 
 if TYPE_CHECKING:
@@ -130,10 +130,7 @@ def index_items(idx: Index) -> list[Path]:
 
 
 def _bar(total: int, progress: bool | None) -> Any:
-    from tqdm import tqdm
-
-    show = sys.stderr.isatty() if progress is None else progress
-    return tqdm(total=total, desc="queries", unit="q", disable=not show, dynamic_ncols=True)
+    return progress_bar(total, "queries", "q", progress)
 
 
 def search_ranked(

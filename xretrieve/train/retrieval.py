@@ -18,7 +18,6 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from xretrieve.errors import InputError
 from xretrieve.media.image import load_image
 from xretrieve.train.datasets import EvalSet
 from xretrieve.train.evaluate import DEFAULT_KS, EvalReport, _check_ks, chance_from_counts
+from xretrieve.train.progress import progress_bar
 
 if TYPE_CHECKING:
     from xretrieve.encoders import EncoderLike
@@ -125,10 +125,7 @@ def chance_both_ways(
 
 
 def _bar(total: int, desc: str, unit: str, progress: bool | None) -> Any:
-    from tqdm import tqdm
-
-    show = sys.stderr.isatty() if progress is None else progress
-    return tqdm(total=total, desc=desc, unit=unit, disable=not show, dynamic_ncols=True)
+    return progress_bar(total, desc, unit, progress)
 
 
 def encode_eval_images(
