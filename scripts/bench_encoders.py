@@ -6,7 +6,7 @@
     .venv/bin/python scripts/bench_encoders.py --skip-candidates --skip-api --cold-start ~/photos
 
 Three parts, each printing absolute numbers, ratios against the reference measured in the
-same run, and a Markdown table at the end (ready for the README):
+same run, and a Markdown table at the end (the one in docs/benchmarks/bench_encoders.md):
 
 a. candidates (skip with --skip-candidates): the image tower on one batch of preprocessed
    photo-like images (img/s) and the text tower on one batch of tokenised captions

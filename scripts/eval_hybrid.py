@@ -1,4 +1,4 @@
-"""Print the README's hybrid-search table: dense vs RRF vs convex R@K on held-out cases.
+"""Print the hybrid-search table (docs/benchmarks/eval_hybrid.md): dense, RRF, convex R@K.
 
 .venv/bin/python scripts/eval_hybrid.py [--n 1000] [--steps 300] [--model xr-small]
     [--batch 64] [--seed 0] [--out DIR]

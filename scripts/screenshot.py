@@ -1,4 +1,4 @@
-"""Regenerate the README screenshot: the search page on an index, in headless Chromium.
+"""Regenerate docs/screenshot.png: the search page on an index, in headless Chromium.
 
     .venv/bin/python scripts/screenshot.py [--index indexes/demo] [--query "..."]
         [--out docs/screenshot.png] [--width 1280] [--height 800]
