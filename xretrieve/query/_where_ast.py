@@ -1,6 +1,7 @@
 """The WHERE expression's text checked, parsed by DuckDB and rebuilt from an allow-list.
 
-Rules this module keeps (`filters` uses it; nothing else should):
+Rules this module keeps (`filters` uses it, `xretrieve.shutdown` closes its parser; nothing
+else should):
 
 - `check_text` and `prescan` run before DuckDB's parser: the text is a `str` (or UTF-8 bytes)
   that encodes as UTF-8, has no NUL, at most `WhereLimits.max_chars` characters, no `;`, no
@@ -8,7 +9,10 @@ Rules this module keeps (`filters` uses it; nothing else should):
   measured on DuckDB's tokenizer (which does not recurse).
 - `parse_one` has DuckDB parse `SELECT <text>` (its parser connection's depth limit keeps
   the JSON tree shallow) and accepts exactly one statement with one select-list item and no
-  FROM, WHERE, GROUP BY, HAVING, QUALIFY, SAMPLE, ORDER BY, LIMIT or WITH.
+  FROM, WHERE, GROUP BY, HAVING, QUALIFY, SAMPLE, ORDER BY, LIMIT or WITH. The parser
+  connection is one per process, opened on first use and used under a lock (a DuckDB
+  connection is not safe for concurrent use); `close_parser` closes it, the next parse opens
+  a new one.
 - `Emitter` walks that tree with allow-lists (node kinds, operators, functions, cast types,
   literal kinds, the metadata's columns), refuses everything else, and writes the SQL DuckDB
   will run: every node in brackets, columns as quoted identifiers, strings with quotes
@@ -36,6 +40,7 @@ __all__ = [
     "Emitter",
     "WhereLimits",
     "check_text",
+    "close_parser",
     "connect",
     "parse_one",
     "prescan",
@@ -137,12 +142,15 @@ def connect(limits: WhereLimits = DEFAULT_LIMITS, *, depth: int = 1000) -> Any:
     return con
 
 
+# One parser connection for the process (connecting costs ~20 ms). A DuckDB connection is not
+# safe for concurrent use, so the lock is held for creating it, for every parse and for
+# closing it; a parse takes well under a millisecond, so threads queue only briefly.
 _parser: Any = None
 _parser_lock = threading.Lock()
 
 
 def _serialize(sql: str) -> dict[str, Any]:
-    """DuckDB's parse tree of `sql` as JSON (one shared connection: connecting costs ~20 ms)."""
+    """DuckDB's parse tree of `sql` as JSON, from the shared parser connection."""
     global _parser
     with _parser_lock:
         if _parser is None:
@@ -152,6 +160,15 @@ def _serialize(sql: str) -> dict[str, Any]:
         return dict(json.loads(row[0])) if row else {"error": True, "error_message": "no result"}
     except RecursionError:
         return {"error": True, "error_message": "Max expression depth exceeded"}
+
+
+def close_parser() -> None:
+    """Close the shared parser connection; the next parse opens a new one."""
+    global _parser
+    with _parser_lock:
+        con, _parser = _parser, None
+        if con is not None:
+            con.close()
 
 
 def check_text(sql: str | bytes, limits: WhereLimits) -> str:
