@@ -61,16 +61,23 @@ DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 _BUILTIN_CONFIGS = Path(__file__).parent.parent / "model_configs"
 _HUB_HOST = "huggingface.co"
+# open_clip's config registry is a module global that `add_model_config` rebuilds (a rescan),
+# so two threads adding at once could lose one's configs: every addition holds this lock,
+# and xretrieve's own configs are added once, by the first thread that needs them.
 _registered = False
+_registry_lock = threading.Lock()
 
 
 def _ensure_registered() -> None:
     global _registered
-    if not _registered:
-        import open_clip
+    if _registered:
+        return
+    with _registry_lock:
+        if not _registered:
+            import open_clip
 
-        open_clip.add_model_config(_BUILTIN_CONFIGS)
-        _registered = True
+            open_clip.add_model_config(_BUILTIN_CONFIGS)
+            _registered = True
 
 
 def register_model_config(path: str | os.PathLike[str]) -> list[str]:
@@ -81,9 +88,10 @@ def register_model_config(path: str | os.PathLike[str]) -> list[str]:
     p = Path(path)
     if not p.exists():
         raise InputError(f"model config not found: {p}")
-    before = set(open_clip.list_models())
-    open_clip.add_model_config(p)
-    added = sorted(set(open_clip.list_models()) - before)
+    with _registry_lock:
+        before = set(open_clip.list_models())
+        open_clip.add_model_config(p)
+        added = sorted(set(open_clip.list_models()) - before)
     for name in added if p.is_dir() else [p.stem]:
         note_config(name, p / f"{name}.json" if p.is_dir() else p)
     if not added and p.is_file() and p.stem not in before:
@@ -111,7 +119,8 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise InputError(f"unknown device {device!r}: use auto, cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(
-            f"device {device!r} asked for, but torch sees no CUDA GPU: use device 'cpu'"
+            f"device {device!r} asked for, but torch sees no CUDA GPU: use device 'cpu'",
+            code=InputError.NO_CUDA,
         )
     return torch.device(device)
 
@@ -164,7 +173,8 @@ def _resolve_source(model: str, pretrained: str | None) -> tuple[str, str | None
         if not _hub_reachable():
             raise ModelUnavailableError(
                 f"cannot fetch {model}: no network. Pass a local model folder instead "
-                "(a folder holding open_clip_config.json and weights)."
+                "(a folder holding open_clip_config.json and weights).",
+                code=ModelUnavailableError.OFFLINE,
             )
         return model, None
     p = Path(model).expanduser()
@@ -181,7 +191,8 @@ def _resolve_source(model: str, pretrained: str | None) -> tuple[str, str | None
             raise ModelUnavailableError(f"model folder not found: {model}")
         raise InputError(
             f"unknown model {model!r}: pass a model folder, or an architecture from "
-            "list_models() (register your own config with register_model_config())"
+            "list_models() (register your own config with register_model_config())",
+            code=InputError.UNKNOWN_MODEL,
         )
     if pretrained is None or pretrained.lower() == "none":
         return model, None
@@ -198,7 +209,8 @@ def _resolve_source(model: str, pretrained: str | None) -> tuple[str, str | None
         raise ModelUnavailableError(
             f"cannot fetch weights {model}/{pretrained}: no network. Pass a local checkpoint "
             "file as the pretrained weights (an open_clip_pytorch_model.bin) or a model folder "
-            "as the model (e.g. one made by `xretrieve train`)."
+            "as the model (e.g. one made by `xretrieve train`).",
+            code=ModelUnavailableError.OFFLINE,
         )
     return model, pretrained
 
