@@ -7,7 +7,9 @@ merged with a heap (`faiss.ResultHeap`) instead of concatenating everything.
 
 `search_shards` searches many shards for the same queries on a small pool of threads (FAISS
 releases the GIL; one query meets each shard on one core), so a 10-shard index answers in
-about the time of 10 / cores shard searches.
+about the time of 10 / cores shard searches. The pool is made on first use, under a lock;
+`shutdown_shard_pool` stops its threads (waiting for searches under way), and the next search
+makes a new one.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from xretrieve.errors import InputError
 from xretrieve.store.ann.build import BuiltIndex, TunedParams, as_vectors, default_params
 from xretrieve.store.ann.plan import extract_ivf
 
-__all__ = ["merge_topk", "rescore", "search", "search_shards"]
+__all__ = ["merge_topk", "rescore", "search", "search_shards", "shutdown_shard_pool"]
 
 # Rows gathered per re-scoring block: bounds the (queries, pool, d) temporary to ~64 MiB at d=512.
 _RESCORE_BLOCK_ROWS = 32_768
@@ -196,6 +198,15 @@ def _shard_pool() -> ThreadPoolExecutor | None:
         return _pool
 
 
+def shutdown_shard_pool() -> None:
+    """Stop the shard pool's threads, waiting for searches under way; the next use makes a new one."""
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown(wait=True)
+
+
 def search_shards(
     builts: Sequence[BuiltIndex], queries: Vectors, k: int | Sequence[int]
 ) -> list[tuple[npt.NDArray[np.float32], Ids]]:
@@ -211,5 +222,8 @@ def search_shards(
     pool = _shard_pool() if len(builts) > 1 and not any(b.on_gpu for b in builts) else None
     if pool is None:
         return [search(b, queries, kk) for b, kk in zip(builts, ks, strict=True)]
-    jobs = [pool.submit(search, b, queries, kk) for b, kk in zip(builts, ks, strict=True)]
+    try:
+        jobs = [pool.submit(search, b, queries, kk) for b, kk in zip(builts, ks, strict=True)]
+    except RuntimeError:  # `shutdown_shard_pool` ran since `_shard_pool` handed this pool out
+        return [search(b, queries, kk) for b, kk in zip(builts, ks, strict=True)]
     return [job.result() for job in jobs]
