@@ -221,14 +221,12 @@ def measure(work: Path, size: int, mmap: str) -> dict[str, Any]:
     `mmap`: "auto" loads shards as the store does, "on" / "off" maps every / no shard file.
     """
     from xretrieve.query import stages  # the engine's own shard search and merge
-    from xretrieve.store import reader as store_reader
 
-    if mmap != "auto":
-        store_reader.MMAP_MIN_BYTES = 0 if mmap == "on" else 1 << 62
+    threshold = {"on": 0, "off": 1 << 62}.get(mmap, store.MMAP_MIN_BYTES)
     index_dir = work / "index"
     rss0 = _rss_mb()
     t0 = time.perf_counter()
-    reader = store.Reader(index_dir)
+    reader = store.Reader(index_dir, mmap_min_bytes=threshold)
     shards = reader.shards("image")
     open_s = time.perf_counter() - t0
     rss_open = _rss_mb()

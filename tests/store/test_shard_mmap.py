@@ -14,7 +14,7 @@ import pytest
 
 from xretrieve import store
 from xretrieve.errors import IndexCorruptError
-from xretrieve.store import ann, reader, selectors
+from xretrieve.store import ann, selectors
 
 D = 32
 KINDS = ("flat", "hnsw", "ivf-flat", "ivf-sq8", "ivf-pq")
@@ -170,9 +170,7 @@ def _index(tmp_path: Path, n: int = 2500) -> Path:
 
 
 @needs_proc
-def test_the_reader_maps_shard_files_from_the_size_threshold(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_reader_maps_shard_files_from_the_size_threshold(tmp_path: Path) -> None:
     d = _index(tmp_path)
     q = _vectors(5, seed=3)
     with store.Reader(d) as r:
@@ -180,8 +178,8 @@ def test_the_reader_maps_shard_files_from_the_size_threshold(
         read = [ann.search(s.index, q, 10) for s in small]
     files = {str(d / "shards" / s.info.index_file.name) for s in small}
     assert not files & _mapped_files()  # a few KB: read
-    monkeypatch.setattr(reader, "MMAP_MIN_BYTES", min(s.info.index_file.bytes for s in small))
-    with store.Reader(d) as r:
+    threshold = min(s.info.index_file.bytes for s in small)
+    with store.Reader(d, mmap_min_bytes=threshold) as r:
         shards = r.shards("image")
         assert files <= _mapped_files()
         for s, (s0, i0) in zip(shards, read, strict=True):

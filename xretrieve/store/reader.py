@@ -14,11 +14,12 @@ sha256) before it is used: a missing file is `ShardMissingError`, a damaged one
 `shards/` or `readers/`, or a shard file that is a link, is damage), and arrays are checked
 against their size before they are read (`filecheck`).
 
-A shard whose FAISS file holds `MMAP_MIN_BYTES` or more is memory-mapped, not read
-(`ann.read_index(mmap=True)`): opening a 10M-row index then costs its metadata and the IVF
-quantizers, and its lists stay in the page cache, shared, instead of in the reader's own
-memory. The checks above run before the mapping; shard files are never changed in place (a
-writer writes new names and unlinks old ones), so a mapping never sees a file shrink.
+A shard whose FAISS file holds `mmap_min_bytes` or more (a `Reader` keyword, by default
+`MMAP_MIN_BYTES`: 32 MiB) is memory-mapped, not read (`ann.read_index(mmap=True)`): opening a
+10M-row index then costs its metadata and the IVF quantizers, and its lists stay in the page
+cache, shared, instead of in the reader's own memory. The checks above run before the
+mapping; shard files are never changed in place (a writer writes new names and unlinks old
+ones), so a mapping never sees a file shrink.
 """
 
 from __future__ import annotations
@@ -238,16 +239,17 @@ def load_shard(
     *,
     verify: bool = False,
     mmap: bool | None = None,
+    mmap_min_bytes: int = MMAP_MIN_BYTES,
 ) -> LoadedShard:
     """Read one shard's index and metadata, checking them against the manifest.
 
-    The FAISS file is memory-mapped with `mmap=True`, read with False, and by default mapped
-    when it holds `MMAP_MIN_BYTES` or more.
+    The FAISS file is memory-mapped with `mmap=True`, read with False, and by default
+    (`mmap=None`) mapped when it holds `mmap_min_bytes` or more.
     """
     index_path = _shard_file(index_dir, info.index_file, verify=verify)
     meta_path = _shard_file(index_dir, info.meta_file, verify=verify)
     if mmap is None:
-        mmap = info.index_file.bytes >= MMAP_MIN_BYTES
+        mmap = info.index_file.bytes >= mmap_min_bytes
     built = ann.read_index(index_path, mmap=mmap)
     try:
         # One chunk per column: `take` on a many-chunk column costs ~20 ms at 1M rows
@@ -280,12 +282,20 @@ class Reader:
     however many generations a writer lands meanwhile, until `refresh()` moves it to the
     newest or `close()` lets the files go. Shards load lazily. Without a pin (read-only
     index), a reader that finds a file gone re-reads the manifest and serves the new
-    generation.
+    generation. A shard whose FAISS file holds `mmap_min_bytes` or more is memory-mapped
+    (0 maps every shard).
     """
 
-    def __init__(self, index_dir: str | os.PathLike[str], manifest: Manifest | None = None):
+    def __init__(
+        self,
+        index_dir: str | os.PathLike[str],
+        manifest: Manifest | None = None,
+        *,
+        mmap_min_bytes: int = MMAP_MIN_BYTES,
+    ):
         self.dir = Path(index_dir).expanduser()
         self.manifest = manifest or read_manifest(self.dir)
+        self.mmap_min_bytes = mmap_min_bytes
         self._loaded: dict[str, LoadedShard] = {}
         self._pin: _Pin | None = None
         self._pin_current()
@@ -333,6 +343,9 @@ class Reader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _load(self, info: ShardInfo) -> LoadedShard:
+        return load_shard(self.dir, info, mmap_min_bytes=self.mmap_min_bytes)
+
     def shards(self, modality: str | None = None) -> list[LoadedShard]:
         """The shards holding `modality` (all when None), all from the same generation.
 
@@ -349,14 +362,9 @@ class Reader:
                 missing = [info for info in wanted if info.name not in self._loaded]
                 workers = min(len(missing), default_workers(), _LOAD_THREADS)
                 if workers > 1:
-                    loaded = bounded_map(
-                        lambda info: load_shard(self.dir, info),
-                        missing,
-                        workers=workers,
-                        window=workers,
-                    )
+                    loaded = bounded_map(self._load, missing, workers=workers, window=workers)
                 else:
-                    loaded = (load_shard(self.dir, info) for info in missing)
+                    loaded = (self._load(info) for info in missing)
                 for info, shard in zip(missing, loaded, strict=True):
                     self._loaded[info.name] = shard
                 return [self._loaded[info.name] for info in wanted]
