@@ -50,7 +50,7 @@ PUBLIC = {
     "ModelSpec", "ModelUnavailableError", "NotAnIndexError", "SearchOptions", "ShardMissingError",
     "XRetrieveError",
     "__version__", "add_captions", "configure_process", "index_folder", "list_models", "load_encoder", "open_index",
-    "register_model_config",
+    "register_model_config", "shutdown",
 }  # fmt: skip
 
 

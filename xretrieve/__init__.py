@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from xretrieve._process import configure_process
+from xretrieve._process import configure_process, shutdown
 from xretrieve.errors import (
     EmptyQueryError,
     FolderError,
@@ -102,6 +102,7 @@ __all__ = [
     "load_encoder",
     "open_index",
     "register_model_config",
+    "shutdown",
 ]
 
 
